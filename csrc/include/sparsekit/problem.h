@@ -1,0 +1,43 @@
+// Plain C++17 description of one sparse x dense product. No Python here.
+#pragma once
+#include <cstdint>
+
+namespace sparsekit {
+
+enum class Activation : int { None = 0, Relu = 1, Gelu = 2 };
+
+// Which product is computed.
+//  Linear: x is (n, cols) row-major, y is (n, rows) row-major: y = x @ W^T (+ bias, act).
+//  Matmul: x is (cols, n) row-major, y is (rows, n) row-major: y = W @ x.
+enum class Layout : int { Linear = 0, Matmul = 1 };
+
+// A block-CSR matrix of logical shape rows x cols made of br x bc blocks.
+// Block row b covers rows [b*br, b*br+br); a block with column index j covers
+// columns [j*bc, j*bc+bc). Edge blocks may stick out of the logical shape; the
+// part outside it holds zeros and is never written to the output.
+// values: n_blocks * br * bc floats, each block row-major.
+struct BsrView {
+  int64_t rows = 0, cols = 0;
+  int br = 1, bc = 1;
+  const int64_t* indptr = nullptr;  // n_block_rows + 1 entries
+  const void* indices = nullptr;    // n_blocks entries, uint16 or int32
+  int index_bytes = 4;              // 2 or 4
+  const float* values = nullptr;
+
+  int64_t n_block_rows() const { return (rows + br - 1) / br; }
+  int64_t n_block_cols() const { return (cols + bc - 1) / bc; }
+  int64_t n_blocks() const { return indptr ? indptr[n_block_rows()] : 0; }
+};
+
+struct Problem {
+  BsrView w;
+  Layout layout = Layout::Linear;
+  const float* x = nullptr;
+  int64_t n = 0;                 // number of dense vectors (batch rows / columns)
+  const float* bias = nullptr;   // rows entries or null
+  Activation act = Activation::None;
+  float* y = nullptr;
+  int threads = 1;
+};
+
+}  // namespace sparsekit

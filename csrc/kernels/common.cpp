@@ -1,0 +1,118 @@
+#include "common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace sparsekit {
+namespace detail {
+
+void partition_rows(const int64_t* indptr, int64_t n_block_rows, int parts, int64_t* bounds) {
+  bounds[0] = 0;
+  bounds[parts] = n_block_rows;
+  // Cost of rows [0, b) = indptr[b] + b; find the row where each share starts.
+  const double total = static_cast<double>(indptr[n_block_rows] + n_block_rows);
+  int64_t lo = 0;
+  for (int t = 1; t < parts; ++t) {
+    const double target = total * t / parts;
+    int64_t a = lo, b = n_block_rows;
+    while (a < b) {
+      const int64_t mid = a + (b - a) / 2;
+      if (static_cast<double>(indptr[mid] + mid) < target) a = mid + 1; else b = mid;
+    }
+    bounds[t] = a;
+    lo = a;
+  }
+}
+
+int64_t chunk_end(const int64_t* indptr, int64_t start, int64_t end, int64_t blocks) {
+  const int64_t target = indptr[start] + blocks;
+  int64_t a = start + 1, b = end;
+  while (a < b) {
+    const int64_t mid = a + (b - a) / 2;
+    if (indptr[mid] < target) a = mid + 1; else b = mid;
+  }
+  return a;
+}
+
+float* scratch(std::size_t floats) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < floats) {
+    buf.clear();
+    buf.shrink_to_fit();
+    buf.resize(floats);
+  }
+  return buf.data();
+}
+
+int threads_for(int64_t fmas, int requested) {
+  if (requested <= 1) return 1;
+  // Below ~16k multiply-adds per thread the fork/join costs more than it saves.
+  constexpr int64_t kGrain = 16384;
+  const int64_t useful = std::max<int64_t>(1, fmas / kGrain);
+  return static_cast<int>(std::min<int64_t>({requested, useful, kMaxThreads}));
+}
+
+float apply_activation(float v, Activation act) {
+  switch (act) {
+    case Activation::Relu: return v < 0.f ? 0.f : v;  // keeps NaN, like torch
+    case Activation::Gelu: return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752440f));
+    default: return v;
+  }
+}
+
+namespace {
+template <class I>
+void propagate_impl(const Problem& p, const I* idx) {
+  const BsrView& w = p.w;
+  const int64_t rows = w.rows, cols = w.cols, n = p.n;
+  const int64_t nbr = w.n_block_rows();
+  const float qnan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<int64_t> bad;     // nonfinite columns of this input vector
+  std::vector<uint8_t> is_bad;  // per block column: holds a nonfinite column
+  for (int64_t v = 0; v < n; ++v) {
+    bad.clear();
+    for (int64_t i = 0; i < cols; ++i) {
+      const float xv = p.layout == Layout::Linear ? p.x[v * cols + i] : p.x[i * n + v];
+      if (!std::isfinite(xv)) bad.push_back(i);
+    }
+    if (bad.empty()) continue;
+    is_bad.assign(static_cast<size_t>(w.n_block_cols()), 0);
+    for (int64_t i : bad) is_bad[i / w.bc] = 1;
+    int64_t bad_blocks = 0;
+    for (uint8_t b : is_bad) bad_blocks += b;
+    for (int64_t b = 0; b < nbr; ++b) {
+      int64_t covered = 0;
+      for (int64_t k = w.indptr[b]; k < w.indptr[b + 1]; ++k) covered += is_bad[idx[k]];
+      if (covered == bad_blocks) continue;  // every nonfinite column is stored: kernel result stands
+      const int64_t r1 = std::min<int64_t>(rows, (b + 1) * w.br);
+      for (int64_t r = b * w.br; r < r1; ++r) {
+        if (p.layout == Layout::Linear) p.y[v * rows + r] = qnan; else p.y[r * n + v] = qnan;
+      }
+    }
+  }
+}
+
+bool any_nonfinite(const float* x, int64_t count) {
+  // Exponent all ones <=> Inf or NaN. An OR over integers vectorises at any -O level.
+  uint32_t hit = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    hit |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return hit != 0;
+}
+}  // namespace
+
+void propagate_nonfinite(const Problem& p) {
+  if (p.n == 0 || p.w.cols == 0) return;
+  if (!any_nonfinite(p.x, p.n * p.w.cols)) return;
+  if (p.w.index_bytes == 2) propagate_impl(p, static_cast<const uint16_t*>(p.w.indices));
+  else propagate_impl(p, static_cast<const int32_t*>(p.w.indices));
+}
+
+}  // namespace detail
+}  // namespace sparsekit

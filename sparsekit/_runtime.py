@@ -1,0 +1,154 @@
+"""Loading the compiled core, SIMD level selection and thread counts."""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+# torch first: it loads libgomp.so.1, and our extension then binds to that same
+# OpenMP runtime by soname instead of mapping a second one (two runtimes in one
+# process oversubscribe the cores or crash).
+import torch
+
+try:
+    from sparsekit import _core
+except ImportError as exc:  # pragma: no cover - depends on how the package was installed
+    _here = os.path.dirname(os.path.abspath(__file__))
+    raise ImportError(
+        f"sparsekit's compiled module could not be imported from {_here} ({exc}). If this is the "
+        "source tree, install the package (`pip install .`) and run Python or pytest from an "
+        "environment where the installed copy comes first (e.g. the `pytest` command, not "
+        "`python -m pytest`, from the repository root)."
+    ) from exc
+
+SIMD_LEVELS = ("scalar", "avx2", "avx512", "neon")
+
+_lock = threading.Lock()
+_num_threads: int | None = None
+
+
+def _apply_env_simd() -> None:
+    level = os.environ.get("SPARSEKIT_SIMD", "").strip().lower()
+    if not level:
+        return
+    if level not in SIMD_LEVELS:
+        raise ValueError(
+            f"SPARSEKIT_SIMD={os.environ['SPARSEKIT_SIMD']!r} is not a SIMD level; "
+            f"valid values are {', '.join(SIMD_LEVELS)}"
+        )
+    if level not in _core.simd_available():
+        raise ValueError(
+            f"SPARSEKIT_SIMD={level!r} is not available on this machine; "
+            f"available levels: {', '.join(_core.simd_available())}"
+        )
+    _core.set_simd(level)
+
+
+_apply_env_simd()
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the number of threads sparsekit's kernels use (``None`` follows torch).
+
+    Example:
+        >>> import sparsekit
+        >>> sparsekit.set_num_threads(1)
+        >>> sparsekit.get_num_threads()
+        1
+        >>> sparsekit.set_num_threads(None)  # back to torch.get_num_threads()
+    """
+    global _num_threads
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int or None, got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+    with _lock:
+        _num_threads = n
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use by default: :func:`set_num_threads`'s value, else torch's.
+
+    Example:
+        >>> import sparsekit, torch
+        >>> sparsekit.get_num_threads() == torch.get_num_threads()
+        True
+    """
+    n = _num_threads
+    return n if n is not None else max(1, torch.get_num_threads())
+
+
+def resolve_threads(threads: int | None) -> int:
+    if threads is None:
+        return get_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    return threads
+
+
+def simd_level() -> str:
+    return _core.simd()
+
+
+@contextmanager
+def use_simd(level: str) -> Iterator[None]:
+    """Run kernels at a given SIMD level inside a ``with`` block (process-wide).
+
+    Example:
+        >>> import sparsekit
+        >>> with sparsekit.use_simd("scalar"):
+        ...     sparsekit.cpu_info()["simd"]
+        'scalar'
+    """
+    if level not in SIMD_LEVELS:
+        raise ValueError(f"level must be one of {', '.join(SIMD_LEVELS)}, got {level!r}")
+    if level not in _core.simd_available():
+        raise ValueError(
+            f"level {level!r} is not available here; available: {', '.join(_core.simd_available())}"
+        )
+    previous = _core.simd()
+    _core.set_simd(level)
+    try:
+        yield
+    finally:
+        _core.set_simd(previous)
+
+
+def _openmp_runtimes() -> list[str]:
+    """Paths of the OpenMP runtime libraries mapped into this process (Linux only)."""
+    libs: set[str] = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rsplit(" ", 1)[-1].strip()
+                name = os.path.basename(path)
+                if name.startswith(("libgomp", "libiomp", "libomp")) and ".so" in name:
+                    libs.add(os.path.realpath(path))
+    except OSError:
+        pass
+    return sorted(libs)
+
+
+def cpu_info() -> dict:
+    """What the kernels run on: SIMD level in use and available, OpenMP, threads.
+
+    Example:
+        >>> import sparsekit
+        >>> info = sparsekit.cpu_info()
+        >>> info["simd"] in info["simd_available"]
+        True
+    """
+    return {
+        "simd": _core.simd(),
+        "simd_available": list(_core.simd_available()),
+        "openmp": bool(_core.openmp()),
+        "openmp_runtimes": _openmp_runtimes(),
+        "threads": get_num_threads(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,0 +1,201 @@
+"""Sparse x dense products on sparsekit's compiled kernels."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from sparsekit._runtime import _core, resolve_threads
+from sparsekit.formats import SparseMatrix
+
+ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+def _to_numpy(a: Array, name: str) -> np.ndarray:
+    """A float32 numpy view of `a` (no copy if already C-contiguous float32)."""
+    if isinstance(a, torch.Tensor):
+        if a.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense tensor, got layout {a.layout}")
+        if a.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got device {a.device}; call .cpu() first")
+        if a.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32, got {a.dtype}; call .float() first")
+        if a.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{name} requires grad, but sparsekit's kernels do not compute gradients; "
+                "run inference under torch.no_grad() or torch.inference_mode()"
+            )
+        a = a.detach()
+        if a.is_conj() or a.is_neg():
+            a = a.resolve_conj().resolve_neg()
+        arr = a.numpy()
+    elif isinstance(a, np.ndarray):
+        if a.dtype != np.float32:
+            raise TypeError(f"{name} must be float32, got {a.dtype}; use {name}.astype(np.float32)")
+        arr = a
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(a).__name__}")
+    # Non-contiguous input is copied once into C order (documented behaviour).
+    return np.ascontiguousarray(arr)
+
+
+def _check_weight(w: object) -> SparseMatrix:
+    if not isinstance(w, SparseMatrix):
+        raise TypeError(
+            f"w must be a sparsekit.SparseMatrix, got {type(w).__name__}; "
+            "build one with sparsekit.SparseMatrix.from_dense(weight)"
+        )
+    return w
+
+
+def _check_out(out: Array, expected_shape: tuple, x_is_torch: bool, x_np: np.ndarray) -> np.ndarray:
+    if x_is_torch != isinstance(out, torch.Tensor) or not isinstance(out, (torch.Tensor, np.ndarray)):
+        kind = "torch.Tensor" if x_is_torch else "numpy.ndarray"
+        raise TypeError(f"out must be a {kind} like the input, got {type(out).__name__}")
+    if tuple(out.shape) != expected_shape:
+        raise ValueError(f"out must have shape {expected_shape}, got {tuple(out.shape)}")
+    if isinstance(out, torch.Tensor):
+        if out.dtype != torch.float32 or out.device.type != "cpu" or out.layout != torch.strided:
+            raise TypeError(f"out must be a float32 CPU tensor, got {out.dtype} on {out.device}")
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous")
+        if out.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("out requires grad; sparsekit's kernels do not compute gradients")
+        out_np = out.detach().numpy()
+    else:
+        if out.dtype != np.float32:
+            raise TypeError(f"out must be float32, got {out.dtype}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be C-contiguous and writeable")
+        out_np = out
+    if np.may_share_memory(out_np, x_np):
+        raise ValueError("out must not overlap the input x")
+    return out_np
+
+
+def _check_bias(bias: Optional[Array], rows: int) -> Optional[np.ndarray]:
+    if bias is None:
+        return None
+    b = _to_numpy(bias, "bias")
+    if b.shape != (rows,):
+        raise ValueError(f"bias must have shape ({rows},) (out_features), got {tuple(b.shape)}")
+    return b
+
+
+def _activation_code(activation: Optional[str]) -> int:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu' or 'gelu', got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
+def _run(w: SparseMatrix, x2d: np.ndarray, bias: Optional[np.ndarray], act: int, y2d: np.ndarray,
+         matmul: bool, threads: int) -> None:
+    rows, cols = w.shape
+    r, c = w.block
+    _core.spmm(rows, cols, r, c, w._indptr, w._indices, w._values.reshape(-1), x2d, bias, act,
+               y2d, matmul, threads)
+
+
+def linear(x: Array, w: SparseMatrix, bias: Optional[Array] = None,
+           activation: Optional[str] = None, out: Optional[Array] = None, *,
+           threads: Optional[int] = None) -> Array:
+    """``activation(x @ w.T + bias)`` with a sparse weight, like ``torch.nn.functional.linear``.
+
+    Args:
+        x: float32 torch tensor or numpy array of shape ``(*, in_features)``; any number
+            of leading dims. Non-contiguous input is copied once; other dtypes are rejected.
+        w: :class:`SparseMatrix` of shape ``(out_features, in_features)``.
+        bias: optional float32 vector of ``out_features``.
+        activation: ``None``, ``"relu"`` or ``"gelu"`` (exact erf form), fused into the kernel.
+        out: optional preallocated contiguous float32 result of shape ``(*, out_features)``,
+            same kind (torch/numpy) as ``x``.
+        threads: kernel threads; default :func:`sparsekit.get_num_threads`.
+
+    Returns:
+        torch tensor for torch input, numpy array for numpy input.
+
+    NaN and Inf in ``x`` propagate exactly as in the dense product (where the weight is
+    zero, ``0 * inf`` is NaN there, so it is here).
+
+    Example:
+        >>> import torch, sparsekit
+        >>> w = torch.tensor([[1., 0., 2.], [0., 0., 3.]])
+        >>> x = torch.ones(4, 3)
+        >>> sparsekit.linear(x, sparsekit.SparseMatrix.from_dense(w), bias=torch.ones(2))
+        tensor([[4., 4.],
+                [4., 4.],
+                [4., 4.],
+                [4., 4.]])
+    """
+    w = _check_weight(w)
+    is_torch = isinstance(x, torch.Tensor)
+    x_np = _to_numpy(x, "x")
+    rows, cols = w.shape
+    if x_np.ndim < 1:
+        raise ValueError("x must have at least 1 dimension (in_features)")
+    if x_np.shape[-1] != cols:
+        raise ValueError(
+            f"x's last dimension must equal w's in_features = {cols}, got shape {tuple(x_np.shape)}"
+        )
+    b = _check_bias(bias, rows)
+    act = _activation_code(activation)
+    n_threads = resolve_threads(threads)
+    lead = x_np.shape[:-1]
+    out_shape = tuple(lead) + (rows,)
+    if out is None:
+        if is_torch:
+            result = torch.empty(out_shape, dtype=torch.float32)
+            y_np = result.numpy()
+        else:
+            result = y_np = np.empty(out_shape, dtype=np.float32)
+    else:
+        y_np = _check_out(out, out_shape, is_torch, x_np)
+        result = out
+    n = int(np.prod(lead, dtype=np.int64))
+    _run(w, x_np.reshape(n, cols), b, act, y_np.reshape(n, rows), False, n_threads)
+    return result
+
+
+def matmul(w: SparseMatrix, x: Array, out: Optional[Array] = None, *,
+           threads: Optional[int] = None) -> Array:
+    """``w @ x`` for a dense ``x`` of shape ``(in_features, n)`` or ``(in_features,)``.
+
+    This is the layout a convolution lowered to a matrix product uses (columns are
+    output pixels). Same input rules as :func:`linear`.
+
+    Example:
+        >>> import numpy as np, sparsekit
+        >>> w = sparsekit.SparseMatrix.from_dense(np.array([[0., 2.], [1., 0.]], np.float32))
+        >>> sparsekit.matmul(w, np.array([[1., 2.], [3., 4.]], np.float32))
+        array([[6., 8.],
+               [1., 2.]], dtype=float32)
+    """
+    w = _check_weight(w)
+    is_torch = isinstance(x, torch.Tensor)
+    x_np = _to_numpy(x, "x")
+    rows, cols = w.shape
+    if x_np.ndim not in (1, 2):
+        raise ValueError(f"x must be 1-D or 2-D (in_features, n), got shape {tuple(x_np.shape)}")
+    if x_np.shape[0] != cols:
+        raise ValueError(
+            f"x's first dimension must equal w's in_features = {cols}, got shape {tuple(x_np.shape)}"
+        )
+    n_threads = resolve_threads(threads)
+    x2d = x_np.reshape(cols, -1) if x_np.ndim == 2 else x_np.reshape(cols, 1)
+    n = x2d.shape[1]
+    out_shape = (rows, n) if x_np.ndim == 2 else (rows,)
+    if out is None:
+        if is_torch:
+            result = torch.empty(out_shape, dtype=torch.float32)
+            y_np = result.numpy()
+        else:
+            result = y_np = np.empty(out_shape, dtype=np.float32)
+    else:
+        y_np = _check_out(out, out_shape, is_torch, x_np)
+        result = out
+    _run(w, x2d, None, 0, y_np.reshape(rows, n), True, n_threads)
+    return result
