@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests run against the *installed* sparsekit (see README)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sparsekit
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded numpy generator: every test sees the same numbers on every run."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def torch_seed() -> int:
+    """Seeds torch's global generator; returns the seed."""
+    torch.manual_seed(0)
+    return 0
+
+
+SIMD_LEVELS = sparsekit.cpu_info()["simd_available"]
+
+
+@pytest.fixture(params=SIMD_LEVELS)
+def simd(request):
+    """Runs the test once per SIMD level this CPU has (forced process-wide)."""
+    with sparsekit.use_simd(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request) -> int:
+    return request.param
