@@ -1,0 +1,103 @@
+"""Deterministic selection of the units to prune.
+
+Units are ranked by ``(score, index)`` with a stable sort, so ties always go
+to the lower index and the same inputs give the same masks on every run and
+every process.  Exactly ``k`` units are pruned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .granularity import Granularity
+
+
+def unit_scores(element_scores: Tensor, granularity: Granularity, reduce: str, shape: torch.Size,
+                prior_mask: Optional[Tensor], regrow: bool, where: str) -> Tuple[Tensor, Optional[Tensor]]:
+    """Per-unit float64 scores (previously pruned units at ``-inf`` unless
+    ``regrow``) and the N:M eligibility vector (or None)."""
+    if not isinstance(element_scores, Tensor):
+        raise TypeError(f"importance scores for {where} must be a torch.Tensor, got {type(element_scores).__name__}")
+    if tuple(element_scores.shape) != tuple(shape):
+        raise ValueError(
+            f"importance scores for {where} have shape {tuple(element_scores.shape)}, "
+            f"expected the weight's shape {tuple(shape)}"
+        )
+    s = element_scores.detach().to(device="cpu", dtype=torch.float64)
+    if torch.isnan(s).any():
+        raise ValueError(f"importance scores for {where} contain NaN; check the weights/gradients fed to the criterion")
+    u = granularity.unit_scores(s, reduce).reshape(-1).clone()
+    if prior_mask is not None and not regrow:
+        pruned = granularity.units_pruned(prior_mask.detach().cpu().reshape(shape))
+        u[pruned] = -math.inf
+    eligible = granularity.eligible(u, shape)
+    return u, eligible
+
+
+def _ordered_candidates(scores: Tensor, eligible: Optional[Tensor]) -> Tensor:
+    """Indices of eligible units sorted by (score, index)."""
+    idx = torch.arange(scores.numel()) if eligible is None else torch.nonzero(eligible).reshape(-1)
+    order = torch.argsort(scores[idx], stable=True)
+    return idx[order]
+
+
+def select_layer(scores: Tensor, eligible: Optional[Tensor], k: int, where: str) -> Tensor:
+    """Bool vector: the ``k`` lowest-scoring eligible units."""
+    cand = _ordered_candidates(scores, eligible)
+    if k > cand.numel():
+        raise ValueError(
+            f"cannot prune {k} units of {where}: only {cand.numel()} may be pruned with this granularity "
+            "(an N:M pattern caps the sparsity at (M - N) / M); lower the sparsity"
+        )
+    prune = torch.zeros(scores.numel(), dtype=torch.bool)
+    prune[cand[:k]] = True
+    return prune
+
+
+def select_global(layers: Sequence[Tuple[Tensor, Optional[Tensor]]], k: int,
+                  lo: Sequence[int], hi: Sequence[int], names: Sequence[str]) -> List[Tensor]:
+    """One ranking across layers with per-layer bounds ``lo[i] <= pruned[i] <= hi[i]``.
+
+    Each layer first prunes its ``lo`` lowest units; the rest of ``k`` goes to
+    the globally lowest remaining candidates, a layer taking at most ``hi``.
+    This equals the greedy walk over the global (score, layer, index) order.
+    """
+    ordered = [_ordered_candidates(s, e) for s, e in layers]
+    caps = [min(h, o.numel()) for h, o in zip(hi, ordered)]
+    for name, l, c, h, o in zip(names, lo, caps, hi, ordered):
+        if l > c:
+            raise ValueError(
+                f"layer {name} must prune at least {l} units (min_sparsity) but only {c} may be pruned "
+                f"(max_sparsity / granularity allow {min(h, o.numel())}); relax min_sparsity"
+            )
+    if k < sum(lo) or k > sum(caps):
+        raise ValueError(
+            f"global sparsity asks to prune {k} units, but the per-layer bounds allow between "
+            f"{sum(lo)} and {sum(caps)}; adjust sparsity, min_sparsity or max_sparsity"
+        )
+    rest_scores, rest_ids, rest_layer = [], [], []
+    for i, (o, l, c) in enumerate(zip(ordered, lo, caps)):
+        extra = o[l:c]
+        extra = extra.sort().values  # back to index order for the (layer, index) tie-break
+        rest_scores.append(layers[i][0][extra])
+        rest_ids.append(extra)
+        rest_layer.append(torch.full((extra.numel(),), i, dtype=torch.long))
+    out = []
+    for (s, _), o, l in zip(layers, ordered, lo):
+        p = torch.zeros(s.numel(), dtype=torch.bool)
+        p[o[:l]] = True
+        out.append(p)
+    r = k - sum(lo)
+    if r > 0:
+        scores = torch.cat(rest_scores)
+        ids = torch.cat(rest_ids)
+        layer = torch.cat(rest_layer)
+        take = torch.argsort(scores, stable=True)[:r]
+        for i in range(len(layers)):
+            sel = take[layer[take] == i]
+            out[i][ids[sel]] = True
+    return out
