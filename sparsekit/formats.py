@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Tuple, Union
 
 import numpy as np
@@ -384,12 +385,16 @@ class SparseMatrix:
         if layout == torch.sparse_csr:
             csr = self.to_scipy()
             csr = sp.csr_array(csr) if csr.format != "csr" else csr
-            return torch.sparse_csr_tensor(
-                torch.from_numpy(csr.indptr.astype(np.int64)),
-                torch.from_numpy(csr.indices.astype(np.int64)),
-                torch.from_numpy(np.ascontiguousarray(csr.data, dtype=np.float32)),
-                size=self._shape,
-            )
+            with warnings.catch_warnings():
+                # torch labels its CSR tensors "beta"; that is not the caller's concern.
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                return torch.sparse_csr_tensor(
+                    torch.from_numpy(csr.indptr.astype(np.int64)),
+                    torch.from_numpy(csr.indices.astype(np.int64)),
+                    torch.from_numpy(np.ascontiguousarray(csr.data, dtype=np.float32)),
+                    size=self._shape,
+                    check_invariants=False,  # built from validated arrays
+                )
         raise ValueError(f"layout must be torch.strided or torch.sparse_csr, got {layout}")
 
     # --------------------------------------------------------------- protocols

@@ -40,7 +40,7 @@ def _to_numpy(a: Array, name: str) -> np.ndarray:
     else:
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(a).__name__}")
     # Non-contiguous input is copied once into C order (documented behaviour).
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
 def _check_weight(w: object) -> SparseMatrix:
@@ -185,7 +185,7 @@ def matmul(w: SparseMatrix, x: Array, out: Optional[Array] = None, *,
             f"x's first dimension must equal w's in_features = {cols}, got shape {tuple(x_np.shape)}"
         )
     n_threads = resolve_threads(threads)
-    x2d = x_np.reshape(cols, -1) if x_np.ndim == 2 else x_np.reshape(cols, 1)
+    x2d = x_np if x_np.ndim == 2 else x_np.reshape(cols, 1)
     n = x2d.shape[1]
     out_shape = (rows, n) if x_np.ndim == 2 else (rows,)
     if out is None:

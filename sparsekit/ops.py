@@ -1,0 +1,168 @@
+"""sparsekit's kernels registered as ``torch.library`` custom ops.
+
+``torch.compile`` and ``torch.export`` cannot look inside a pybind11 call, so the
+sparse layers reach the kernels through two opaque operators whose arguments are
+plain tensors (the block-CSR arrays) and ints:
+
+``torch.ops.sparsekit.sparse_linear(x, indptr, indices, values, bias, out_features, activation)``
+    ``activation(x @ W.T + bias)`` for ``x`` of shape ``(*, in_features)``; returns
+    ``(*, out_features)``.
+
+``torch.ops.sparsekit.sparse_matmul(x, indptr, indices, values, bias, out_features, activation)``
+    ``activation(W @ x[n] + bias[:, None])`` for every ``n`` of ``x`` shaped
+    ``(N, in_features, L)`` (or ``(in_features, L)``); returns ``(N, out_features, L)``.
+    This is the lowered-convolution layout (columns are output pixels).
+
+Array conventions (the buffers of :class:`sparsekit.nn.SparseLinear`):
+``indptr`` int64 ``(n_block_rows + 1,)``; ``indices`` uint16 or int32 ``(n_blocks,)``;
+``values`` float32 ``(n_blocks, r, c)`` (the block shape is read from it);
+``bias`` float32 ``(out_features,)`` or None; ``activation`` is 0 (none), 1 (relu)
+or 2 (exact gelu).
+
+The ops check dtypes, shapes and the row-pointer ends (cheap, O(1)) but not every
+column index (O(nnz), as costly as the product): their arrays are meant to come from
+a module built by :func:`sparsekit.convert` or :func:`sparsekit.load`, both of
+which validate every array. Do not write into those buffers in place.
+
+Example:
+    >>> import torch, sparsekit
+    >>> from sparsekit.nn import SparseLinear
+    >>> layer = SparseLinear.from_dense(torch.nn.Linear(8, 4))
+    >>> x = torch.randn(2, 8)
+    >>> y = torch.ops.sparsekit.sparse_linear(x, layer.weight_indptr, layer.weight_indices,
+    ...                                       layer.weight_values, layer.bias, 4, 0)
+    >>> y.shape
+    torch.Size([2, 4])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sparsekit._runtime import _core, get_num_threads
+
+__all__ = ["sparse_linear", "sparse_matmul", "run_linear", "run_matmul", "ACTIVATION_CODES"]
+
+ACTIVATION_CODES = {None: 0, "relu": 1, "gelu": 2}
+_INDEX_DTYPES = (torch.int32,) + ((torch.uint16,) if hasattr(torch, "uint16") else ())
+
+
+def _check_arrays(name: str, indptr: Tensor, indices: Tensor, values: Tensor,
+                  bias: Optional[Tensor], out_features: int, activation: int) -> tuple:
+    """Cheap structural checks shared by the real kernels and the fake (meta) kernels."""
+    for arg, t in (("indptr", indptr), ("indices", indices), ("values", values)):
+        if t.device.type not in ("cpu", "meta"):
+            raise ValueError(f"{name}: {arg} must be on the CPU, got {t.device}")
+    if indptr.dtype != torch.int64 or indptr.dim() != 1:
+        raise TypeError(f"{name}: indptr must be a 1-D int64 tensor, got {indptr.dtype} {tuple(indptr.shape)}")
+    if indices.dtype not in _INDEX_DTYPES or indices.dim() != 1:
+        raise TypeError(f"{name}: indices must be a 1-D uint16/int32 tensor, got {indices.dtype} "
+                        f"{tuple(indices.shape)}")
+    if values.dtype != torch.float32 or values.dim() != 3:
+        raise TypeError(f"{name}: values must be a float32 tensor shaped (n_blocks, r, c), got "
+                        f"{values.dtype} {tuple(values.shape)}")
+    r, c = int(values.shape[1]), int(values.shape[2])
+    if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 0:
+        raise TypeError(f"{name}: out_features must be a non-negative int, got {out_features!r}")
+    if r < 1 or c < 1 or indptr.shape[0] != -(-out_features // r) + 1:
+        raise ValueError(f"{name}: indptr must have ceil(out_features / r) + 1 entries")
+    if values.shape[0] != indices.shape[0]:
+        raise ValueError(f"{name}: values and indices disagree on the number of blocks")
+    if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (out_features,)):
+        raise ValueError(f"{name}: bias must be a float32 tensor of shape ({out_features},), got "
+                         f"{bias.dtype} {tuple(bias.shape)}")
+    if activation not in (0, 1, 2):
+        raise ValueError(f"{name}: activation must be 0 (none), 1 (relu) or 2 (gelu), got {activation!r}")
+    return r, c
+
+
+def _check_x(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name}: x must be float32, got {x.dtype}; call .float() first")
+    if x.device.type not in ("cpu", "meta") or x.layout != torch.strided:
+        raise ValueError(f"{name}: x must be a dense CPU tensor, got {x.layout} on {x.device}")
+
+
+# ----------------------------------------------------------------------------- eager kernels
+def run_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
+               out_features: int, activation: int, cols: int, block: tuple) -> Tensor:
+    """Eager fast path (no dispatcher): ``x`` float32 CPU, last dim ``cols``. Internal."""
+    x = x.contiguous()  # a no-op (no copy) for contiguous input
+    lead = x.shape[:-1]
+    out = torch.empty(lead + (out_features,), dtype=torch.float32)
+    n = math.prod(lead)
+    _core.spmm(out_features, cols, block[0], block[1], indptr.numpy(), indices.numpy(),
+               values.numpy().reshape(-1), x.numpy().reshape(n, cols),
+               None if bias is None else bias.numpy(), activation,
+               out.numpy().reshape(n, out_features), False, get_num_threads())
+    return out
+
+
+def run_matmul(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
+               out_features: int, activation: int, cols: int, block: tuple) -> Tensor:
+    """Eager fast path for ``(N, cols, L)`` or ``(cols, L)`` input. Internal."""
+    x = x.contiguous()
+    squeeze = x.dim() == 2
+    x3 = x.unsqueeze(0) if squeeze else x
+    n, _, length = x3.shape
+    out = torch.empty((n, out_features, length), dtype=torch.float32)
+    xs, ys = x3.numpy(), out.numpy()
+    ip, ix, vs = indptr.numpy(), indices.numpy(), values.numpy().reshape(-1)
+    b = None if bias is None else bias.numpy()
+    threads = get_num_threads()
+    r, c = block
+    for i in range(n):  # one kernel call per sample: (cols, L) -> (out, L), no transposes
+        _core.spmm(out_features, cols, r, c, ip, ix, vs, xs[i], b, activation, ys[i], True, threads)
+    return out[0] if squeeze else out
+
+
+# ------------------------------------------------------------------------------ custom ops
+@torch.library.custom_op("sparsekit::sparse_linear", mutates_args=(), device_types="cpu")
+def sparse_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
+                  out_features: int, activation: int) -> Tensor:
+    """``activation(x @ W.T + bias)`` with W given as block-CSR tensors (see module docs)."""
+    _check_x("sparse_linear", x)
+    r, c = _check_arrays("sparse_linear", indptr, indices, values, bias, out_features, activation)
+    if x.dim() < 1:
+        raise ValueError("sparse_linear: x must have at least 1 dimension")
+    cols = int(x.shape[-1])
+    return run_linear(x.detach(), indptr, indices, values, bias, out_features, activation, cols, (r, c))
+
+
+@sparse_linear.register_fake
+def _sparse_linear_fake(x, indptr, indices, values, bias, out_features, activation):
+    _check_arrays("sparse_linear", indptr, indices, values, bias, out_features, activation)
+    return x.new_empty(tuple(x.shape[:-1]) + (out_features,))
+
+
+@torch.library.custom_op("sparsekit::sparse_matmul", mutates_args=(), device_types="cpu")
+def sparse_matmul(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
+                  out_features: int, activation: int) -> Tensor:
+    """``activation(W @ x[n] + bias[:, None])`` per sample of ``x`` (N, in_features, L)."""
+    _check_x("sparse_matmul", x)
+    r, c = _check_arrays("sparse_matmul", indptr, indices, values, bias, out_features, activation)
+    if x.dim() not in (2, 3):
+        raise ValueError(f"sparse_matmul: x must be (N, in_features, L) or (in_features, L), "
+                         f"got {tuple(x.shape)}")
+    cols = int(x.shape[-2])
+    return run_matmul(x.detach(), indptr, indices, values, bias, out_features, activation, cols, (r, c))
+
+
+@sparse_matmul.register_fake
+def _sparse_matmul_fake(x, indptr, indices, values, bias, out_features, activation):
+    _check_arrays("sparse_matmul", indptr, indices, values, bias, out_features, activation)
+    return x.new_empty(tuple(x.shape[:-2]) + (out_features, x.shape[-1]))
+
+
+def _index_tensor(a: np.ndarray) -> Tensor:
+    """A torch tensor owning a copy of an index array (uint16 or int32)."""
+    if a.dtype == np.uint16 and not hasattr(torch, "uint16"):  # torch < 2.3
+        a = a.astype(np.int32)
+    return torch.from_numpy(np.array(a, copy=True))
