@@ -422,7 +422,8 @@ inline void run(const Problem& p) {
 // Sum of n floats read once, split over `threads` threads (a streaming-read
 // reference for the batch-1 kernels: same bytes, same vector width).
 inline float stream_read(const float* p, int64_t n, int threads) {
-  const int parts = std::max(1, std::min(threads, detail::kMaxThreads));
+  // At least 64 KiB per thread: below that a fork/join costs more than the read.
+  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, detail::kMaxThreads, n / 16384})));
   float sums[detail::kMaxThreads];
   parallel_parts(parts, [&](int t) {
     const int64_t a = n * t / parts, b = n * (t + 1) / parts;
