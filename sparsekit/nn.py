@@ -239,7 +239,7 @@ class _SparseBase(nn.Module):
                 error_msgs.append(f"{type(self).__name__} at {prefix!r}: {exc}")
         elif self.bias is not None and keys["bias"] not in present:
             missing_keys.append(keys["bias"])
-        for k in state_dict:
+        for k in state_dict if strict else ():
             if k.startswith(prefix) and "." not in k[len(prefix):] and k[len(prefix):] not in keys:
                 unexpected_keys.append(k)
 
