@@ -50,7 +50,7 @@ def effective_weight(module: nn.Module, name: str = "weight") -> Optional[Tensor
     mask buffers (``weight_sparsekit_mask``) and parametrizations.
 
     Example:
-        >>> import torch
+        >>> import torch, torch.nn.utils.prune
         >>> layer = torch.nn.Linear(4, 2)
         >>> _ = torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=0.5)
         >>> int((effective_weight(layer) == 0).sum())
@@ -391,12 +391,13 @@ class _SparseConvNd(_SparseBase):
         else:
             sym = self.padding
             lr = None
+        lead = [(0, 0)] * (2 - self._nd)  # padding is applied to the (N, C, H, W) view
         if self.padding_mode != "zeros":
-            pairs = lr if lr is not None else [(p, p) for p in sym]
+            pairs = lead + (lr if lr is not None else [(p, p) for p in sym])
             pad = tuple(v for pair in reversed(pairs) for v in pair)  # F.pad order: last dim first
             return (pad, self.padding_mode), (0, 0)
         if lr is not None:  # asymmetric zero padding
-            pad = tuple(v for pair in reversed(lr) for v in pair)
+            pad = tuple(v for pair in reversed(lead + lr) for v in pair)
             return (pad, "constant"), (0, 0)
         pad2 = tuple(sym) if self._nd == 2 else (0, sym[0])
         return None, pad2
