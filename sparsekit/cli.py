@@ -403,7 +403,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             _save_state_dict(loaded.model, args.output)
         except Exception as exc:
             raise CLIError(f"cannot write {args.output}: {_one_line(exc)}") from exc
-    report = sparsity_report(target)
+    report_kwargs: dict = {}
+    if isinstance(args.granularity, tuple):
+        report_kwargs["block"] = args.granularity
+    elif ":" in str(args.granularity):
+        report_kwargs["nm"] = args.granularity
+    report = sparsity_report(target, **report_kwargs)
     print(report)
     total = report.total
     print(f"\npruned {total['numel'] - total['nnz']:,} of {total['numel']:,} weights "
@@ -424,28 +429,29 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                          "state_dict and --factory package.module:function that builds the model")
     loaded = load_model(args.model, args.factory, args.factory_kwargs)
     _check_output(args.output, args.model)
-    import sparsekit
+    from sparsekit.convert import convert
+    from sparsekit.io import save
 
     try:
-        converted = sparsekit.convert(loaded.model, format=args.format)
+        converted = convert(loaded.model, format=args.format)
     except (TypeError, ValueError) as exc:
         raise UsageError(_one_line(exc)) from exc
     try:
-        sparsekit.save(converted, args.output)
+        save(converted, args.output)
     except Exception as exc:
         raise CLIError(f"cannot write {args.output}: {_one_line(exc)}") from exc
     print(_decisions_table(converted))
     before, after = os.path.getsize(args.model), os.path.getsize(args.output)
-    print(f"\nwrote {args.output}: {_human_bytes(after)} (input {_human_bytes(before)}, "
-          f"{before / after:.1f}x smaller). Load it with sparsekit.load({args.output!r}, model).")
+    ratio = f"{before / after:.1f}x smaller" if after < before else "no smaller: no layer became sparse"
+    print(f"\nwrote {args.output}: {_human_bytes(after)} (input {_human_bytes(before)}, {ratio}). "
+          f"Load it with sparsekit.load({args.output!r}, model).")
     return EXIT_OK
 
 
 def _decisions_table(converted: Any) -> str:
     """Per-layer conversion decisions of a converted model as a text table."""
-    from sparsekit.convert import conversion_summary
-
-    return str(conversion_summary(converted))
+    summary = getattr(converted, "sparsekit_summary", None)
+    return str(summary) if summary is not None else "(no conversion summary)"
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
