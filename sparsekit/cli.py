@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import platform
 import struct
 import sys
+import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 __all__ = ["main", "build_parser", "CLIError", "UsageError"]
 
@@ -136,6 +139,14 @@ def _json_object(text: str) -> dict:
 
 
 # --------------------------------------------------------------------------- model files
+@contextmanager
+def _torchscript_api() -> Iterator[None]:
+    """torch >= 2.10 deprecates torch.jit.*; TorchScript files are still what many users have."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
+        yield
+
+
 @dataclass
 class LoadedModel:
     """A model read from disk: ``kind`` is ``"torchscript"`` or ``"safetensors"``."""
@@ -212,7 +223,8 @@ def load_model(path: str, factory: Optional[str], factory_kwargs: Optional[dict]
         if factory is not None:
             raise UsageError(f"{path} is a TorchScript file; --factory applies to safetensors state_dicts only")
         try:
-            model = torch.jit.load(path, map_location="cpu")
+            with _torchscript_api():
+                model = torch.jit.load(path, map_location="cpu")
         except Exception as exc:
             raise CLIError(f"cannot load {path} as TorchScript: {_one_line(exc)}") from exc
         return LoadedModel("torchscript", model, path)
@@ -395,7 +407,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             for script_layer, layer in pairs:
                 script_layer.weight.copy_(layer.weight)
         try:
-            torch.jit.save(loaded.model, args.output)
+            with _torchscript_api():
+                torch.jit.save(loaded.model, args.output)
         except Exception as exc:
             raise CLIError(f"cannot write {args.output}: {_one_line(exc)}") from exc
     else:
@@ -455,6 +468,8 @@ def _decisions_table(converted: Any) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("sparsekit.bench") is None:
+        raise CLIError("the benchmark report (sparsekit.bench) is not part of this installation")
     from sparsekit import bench
 
     argv: List[str] = []
