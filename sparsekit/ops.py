@@ -97,18 +97,27 @@ def numpy_arrays(indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional
             None if bias is None else bias.numpy())
 
 
+# Products smaller than this many stored-value x column multiply-adds run on one thread:
+# waking a second OpenMP thread costs more than it saves there (results are identical).
+SMALL_WORK = 1 << 15
+
+
+def _threads_for(work: int) -> int:
+    return 1 if work < SMALL_WORK else get_num_threads()
+
+
 def run_linear(x: Tensor, arrays: tuple, out_features: int, activation: int, cols: int,
                block: tuple) -> Tensor:
     """Eager fast path (no dispatcher): ``x`` float32 CPU, last dim ``cols``. Internal."""
     if not x.is_contiguous():
         x = x.contiguous()  # contiguous input is used in place
-    lead = x.shape[:-1]
-    out = torch.empty(lead + (out_features,), dtype=torch.float32)
+    lead = tuple(x.shape[:-1])
     n = math.prod(lead)
+    y = np.empty((n, out_features), dtype=np.float32)  # numpy allocation is ~3x cheaper than torch.empty
     ip, ix, vs, b = arrays
     _core.spmm(out_features, cols, block[0], block[1], ip, ix, vs, x.numpy().reshape(n, cols), b,
-               activation, out.numpy().reshape(n, out_features), False, get_num_threads())
-    return out
+               activation, y, False, _threads_for(vs.size * n))
+    return torch.from_numpy(y).view(lead + (out_features,))
 
 
 def run_matmul(x: Tensor, arrays: tuple, out_features: int, activation: int, cols: int,
@@ -119,13 +128,14 @@ def run_matmul(x: Tensor, arrays: tuple, out_features: int, activation: int, col
     squeeze = x.dim() == 2
     x3 = x.unsqueeze(0) if squeeze else x
     n, _, length = x3.shape
-    out = torch.empty((n, out_features, length), dtype=torch.float32)
-    xs, ys = x3.numpy(), out.numpy()
+    ys = np.empty((n, out_features, length), dtype=np.float32)
+    xs = x3.numpy()
     ip, ix, vs, b = arrays
-    threads = get_num_threads()
+    threads = _threads_for(vs.size * length)
     r, c = block
     for i in range(n):  # one kernel call per sample: (cols, L) -> (out, L), no transposes
         _core.spmm(out_features, cols, r, c, ip, ix, vs, xs[i], b, activation, ys[i], True, threads)
+    out = torch.from_numpy(ys)
     return out[0] if squeeze else out
 
 
