@@ -16,6 +16,15 @@ from torch import nn
 from sparsekit.prune import ConstantSparsity, PolynomialDecay, Pruner, get_mask, make_permanent, prune, sparsity_report
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -246,11 +255,10 @@ def test_taylor_pruner_accumulates_from_training():
 
 
 _DDP_SCRIPT = textwrap.dedent('''
-    import os, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
-    from torch import nn
-    from sparsekit.prune import Pruner, PolynomialDecay
+    import multiprocessing as mp, os, sys
 
     def worker(rank, world, port, out):
+        import torch, torch.distributed as dist  # imported in the ranks only: the launcher stays light
         os.environ["MASTER_ADDR"] = "127.0.0.1"; os.environ["MASTER_PORT"] = str(port)
         torch.set_num_threads(1)
         dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -259,6 +267,9 @@ _DDP_SCRIPT = textwrap.dedent('''
         dist.destroy_process_group()
 
     def train(rank, out, sync):
+        import torch
+        from torch import nn
+        from sparsekit.prune import Pruner, PolynomialDecay
         torch.manual_seed(rank)  # different init per rank: DDP broadcasts rank 0's weights
         model = nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 2))
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -276,7 +287,13 @@ _DDP_SCRIPT = textwrap.dedent('''
 
     if __name__ == "__main__":
         port, out = int(sys.argv[1]), sys.argv[2]
-        mp.spawn(worker, args=(2, port, out), nprocs=2, join=True)
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=worker, args=(r, 2, port, out)) for r in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(100)
+        sys.exit(max(abs(p.exitcode if p.exitcode is not None else 99) for p in procs))
 ''')
 
 
