@@ -91,35 +91,51 @@ def _check_x(name: str, x: Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------- eager kernels
-def run_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
-               out_features: int, activation: int, cols: int, block: tuple) -> Tensor:
+def numpy_arrays(indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor]) -> tuple:
+    """Numpy views (no copies) of the weight tensors, in the form the compiled kernel takes."""
+    return (indptr.numpy(), indices.numpy(), values.numpy().reshape(-1),
+            None if bias is None else bias.numpy())
+
+
+# Products smaller than this many stored-value x column multiply-adds run on one thread:
+# waking a second OpenMP thread costs more than it saves there (results are identical).
+SMALL_WORK = 1 << 15
+
+
+def _threads_for(work: int) -> int:
+    return 1 if work < SMALL_WORK else get_num_threads()
+
+
+def run_linear(x: Tensor, arrays: tuple, out_features: int, activation: int, cols: int,
+               block: tuple) -> Tensor:
     """Eager fast path (no dispatcher): ``x`` float32 CPU, last dim ``cols``. Internal."""
-    x = x.contiguous()  # a no-op (no copy) for contiguous input
-    lead = x.shape[:-1]
-    out = torch.empty(lead + (out_features,), dtype=torch.float32)
+    if not x.is_contiguous():
+        x = x.contiguous()  # contiguous input is used in place
+    lead = tuple(x.shape[:-1])
     n = math.prod(lead)
-    _core.spmm(out_features, cols, block[0], block[1], indptr.numpy(), indices.numpy(),
-               values.numpy().reshape(-1), x.numpy().reshape(n, cols),
-               None if bias is None else bias.numpy(), activation,
-               out.numpy().reshape(n, out_features), False, get_num_threads())
-    return out
+    y = np.empty((n, out_features), dtype=np.float32)  # numpy allocation is ~3x cheaper than torch.empty
+    ip, ix, vs, b = arrays
+    _core.spmm(out_features, cols, block[0], block[1], ip, ix, vs, x.numpy().reshape(n, cols), b,
+               activation, y, False, _threads_for(vs.size * n))
+    return torch.from_numpy(y).view(lead + (out_features,))
 
 
-def run_matmul(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
-               out_features: int, activation: int, cols: int, block: tuple) -> Tensor:
+def run_matmul(x: Tensor, arrays: tuple, out_features: int, activation: int, cols: int,
+               block: tuple) -> Tensor:
     """Eager fast path for ``(N, cols, L)`` or ``(cols, L)`` input. Internal."""
-    x = x.contiguous()
+    if not x.is_contiguous():
+        x = x.contiguous()
     squeeze = x.dim() == 2
     x3 = x.unsqueeze(0) if squeeze else x
     n, _, length = x3.shape
-    out = torch.empty((n, out_features, length), dtype=torch.float32)
-    xs, ys = x3.numpy(), out.numpy()
-    ip, ix, vs = indptr.numpy(), indices.numpy(), values.numpy().reshape(-1)
-    b = None if bias is None else bias.numpy()
-    threads = get_num_threads()
+    ys = np.empty((n, out_features, length), dtype=np.float32)
+    xs = x3.numpy()
+    ip, ix, vs, b = arrays
+    threads = _threads_for(vs.size * length)
     r, c = block
     for i in range(n):  # one kernel call per sample: (cols, L) -> (out, L), no transposes
         _core.spmm(out_features, cols, r, c, ip, ix, vs, xs[i], b, activation, ys[i], True, threads)
+    out = torch.from_numpy(ys)
     return out[0] if squeeze else out
 
 
@@ -133,7 +149,8 @@ def sparse_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bi
     if x.dim() < 1:
         raise ValueError("sparse_linear: x must have at least 1 dimension")
     cols = int(x.shape[-1])
-    return run_linear(x.detach(), indptr, indices, values, bias, out_features, activation, cols, (r, c))
+    return run_linear(x.detach(), numpy_arrays(indptr, indices, values, bias), out_features, activation,
+                      cols, (r, c))
 
 
 @sparse_linear.register_fake
@@ -152,7 +169,8 @@ def sparse_matmul(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bi
         raise ValueError(f"sparse_matmul: x must be (N, in_features, L) or (in_features, L), "
                          f"got {tuple(x.shape)}")
     cols = int(x.shape[-2])
-    return run_matmul(x.detach(), indptr, indices, values, bias, out_features, activation, cols, (r, c))
+    return run_matmul(x.detach(), numpy_arrays(indptr, indices, values, bias), out_features, activation,
+                      cols, (r, c))
 
 
 @sparse_matmul.register_fake

@@ -167,8 +167,10 @@ def sparsity_report(model: nn.Module, block: Optional[Tuple[int, int]] = None, n
     """
     model = unwrap(model)
     if block is not None:
-        g = parse_granularity(tuple(block))
-        block = (1, 1) if not hasattr(g, "r") else (g.r, g.c)  # type: ignore[attr-defined]
+        if not (isinstance(block, (tuple, list)) and len(block) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in block)):
+            raise TypeError(f"block must be a tuple (r, c) of positive ints such as (4, 1), got {block!r}")
+        block = (int(block[0]), int(block[1]))
     nm_g = None
     if nm is not None:
         nm_g = parse_granularity(nm)
