@@ -38,14 +38,19 @@ int64_t chunk_end(const int64_t* indptr, int64_t start, int64_t end, int64_t blo
 }
 
 float* scratch(std::size_t floats, int slot) {
+  // 64-byte aligned: packed panel rows of 16/32 floats then start on a cache line,
+  // so each panel-row load touches the fewest lines (measured below).
+  constexpr std::size_t kAlignFloats = 16;
   thread_local std::vector<float> bufs[2];
   std::vector<float>& buf = bufs[slot & 1];
-  if (buf.size() < floats) {
+  if (buf.size() < floats + kAlignFloats) {
     buf.clear();
     buf.shrink_to_fit();
-    buf.resize(floats);
+    buf.resize(floats + kAlignFloats);
   }
-  return buf.data();
+  const auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
+  const std::size_t skip = ((64 - addr % 64) % 64) / sizeof(float);
+  return buf.data() + skip;
 }
 
 int threads_for(int64_t fmas, int requested) {

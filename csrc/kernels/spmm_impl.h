@@ -251,6 +251,10 @@ void panel_block_rows(const BsrView& w, const I* idx, const float* panel, int64_
                       int64_t b0, int64_t b1, float* res) {
   constexpr int NB = NV * W;
   constexpr int SETS = acc_sets(R, NV);
+  // Blocks ahead to prefetch. Measured on Zen 4 (4096x4096, 90%, batch 128, 1 thread, avx2):
+  // 4x1 blocks 7.8 ms without, 5.7 / 5.5 / 5.4 ms at 8 / 16 / 32 ahead; CSR unchanged (~11 ms,
+  // bound by L2->L1 bandwidth at 128 bytes of panel per stored value).
+  constexpr int64_t kPrefetch = 16;
   const int bc = C > 0 ? C : w.bc;
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t kb = w.indptr[b], ke = w.indptr[b + 1];
@@ -259,6 +263,13 @@ void panel_block_rows(const BsrView& w, const I* idx, const float* panel, int64_
       for (int r = 0; r < R; ++r)
         for (int u = 0; u < NV; ++u) acc[s][r][u] = Vec::zero();
     auto block = [&](int s, int64_t k) {
+      // Software prefetch of a later block's panel row: its column is random, so the
+      // hardware prefetchers cannot fetch it; the row is usually in L2, not L1.
+      if (k + kPrefetch < ke) {
+        const float* pr = panel + static_cast<int64_t>(idx[k + kPrefetch]) * bc * ldp;
+        for (int c = 0; c < bc; ++c)
+          for (int l = 0; l < NB * 4; l += 64) __builtin_prefetch(pr + c * ldp + l / 4);
+      }
       const float* vb = w.values + k * R * bc;
       const float* xr = panel + static_cast<int64_t>(idx[k]) * bc * ldp;
       for (int c = 0; c < bc; ++c) {
