@@ -100,6 +100,7 @@ class DemoResult:
     n_test: int = 0
     threads: int = 1
     simd: str = ""
+    fingerprint: str = ""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -173,6 +174,17 @@ def _file_bytes(model: nn.Module, sparse: bool) -> Optional[int]:
 
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
         return os.path.getsize(path)
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """sha256 of the trained weights: equal seeds give equal fingerprints."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _epochs(model: nn.Module, opt: torch.optim.Optimizer, xtr: torch.Tensor, ytr: torch.Tensor, epochs: int,
@@ -320,7 +332,8 @@ def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[Tex
                    _file_bytes(sparse, True)),
     ]
     result = DemoResult(cfg, stats[0], stats[1], stats[2], achieved, max_diff, summary, timings,
-                        n_train=len(xtr), n_test=len(xte), threads=info["threads"], simd=info["simd"])
+                        n_train=len(xtr), n_test=len(xte), threads=info["threads"], simd=info["simd"],
+                        fingerprint=_fingerprint(model))
     say("")
     say(format_table(result))
     return result
