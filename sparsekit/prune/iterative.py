@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ._validation import check_fraction, check_int
 from .criteria import CriterionLike, _GradientCriterion, make_criterion

@@ -13,7 +13,7 @@ from ._validation import Amount, check_amount, check_fraction, units_to_prune
 from .criteria import Criterion, CriterionLike, make_criterion
 from .granularity import GranularityLike, parse_granularity
 from .masks import apply_masks, attach_mask, get_mask, zero_optimizer_state
-from .ranking import select_global, select_layer, unit_scores
+from .ranking import select_global, unit_scores
 from .schedules import as_schedule
 from .selection import Selector, Target, select_targets, unwrap
 

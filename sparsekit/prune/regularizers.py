@@ -9,7 +9,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 
-from .granularity import Blocks, Channels, GranularityLike, Inputs, Unstructured, parse_granularity, view2d
+from .granularity import Blocks, Channels, GranularityLike, Inputs, parse_granularity, view2d
 from .selection import Selector, select_targets
 
 __all__ = ["Regularizer", "L1", "L2", "ElasticNet", "GroupLasso"]
