@@ -198,12 +198,16 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     if not sep or not module_name or not attr:
         raise UsageError(f"--factory {spec!r} must look like package.module:function")
     cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
         sys.path.insert(0, cwd)
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or anything the module raises while importing
         raise CLIError(f"cannot import factory module {module_name!r}: {_one_line(exc)}") from exc
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise CLIError(f"factory {spec!r}: {getattr(obj, '__name__', obj)!s} has no attribute {part!r}")

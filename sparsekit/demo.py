@@ -21,8 +21,8 @@ Example:
     >>> tiny = DemoConfig(hidden=64, dense_epochs=1, prune_epochs=1, finetune_epochs=0,
     ...                   latency_repeats=5, train_limit=256)
     >>> result = run_demo(tiny, progress=False, out=io.StringIO())
-    >>> 0.0 <= result.sparse.accuracy <= 1.0, round(result.achieved_sparsity, 2)
-    (True, 0.9)
+    >>> result.max_abs_diff < 1e-4, result.sparse.stored_values <= result.dense.stored_values
+    (True, True)
 """
 
 from __future__ import annotations
