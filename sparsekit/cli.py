@@ -379,6 +379,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        import sklearn.datasets  # noqa: F401  (the demo's built-in data ships with scikit-learn)
+    except ImportError as exc:
+        raise CLIError("the demo's dataset ships with scikit-learn, which is not installed: "
+                       "pip install scikit-learn") from exc
     from sparsekit import demo
 
     return demo.run_cli(quick=args.quick, seed=args.seed, progress=not args.no_progress)

@@ -78,3 +78,13 @@ def test_demo_seed_option_reaches_the_run(monkeypatch, capsys):
     assert full == replace(demo.FULL, seed=3)
     assert not p2  # stderr is not a terminal under pytest: no progress bars
     capsys.readouterr()
+
+
+def test_demo_without_scikit_learn_is_one_line_exit_1(monkeypatch, capsys):
+    from sparsekit.cli import main
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` raise ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert main(["demo", "--quick"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install scikit-learn" in err and "Traceback" not in err
