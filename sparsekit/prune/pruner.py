@@ -277,7 +277,7 @@ class Pruner:
 
     def step(self) -> bool:
         """Advance one step (call after ``optimizer.step()``); returns True if the masks changed."""
-        self.criterion.accumulate(self.model)
+        self.criterion.accumulate([(t.name, t.module._parameters[t.param_name]) for t in self._engine.targets])
         self._step += 1
         return self._maybe_update()
 
