@@ -94,6 +94,15 @@ void bind_kernels(py::module_& m) {
         py::arg("bias").noconvert(), py::arg("activation"), py::arg("y").noconvert(), py::arg("matmul"),
         py::arg("threads"),
         "y = act(x @ W.T + bias) (matmul=False) or y = W @ x (matmul=True).");
+  m.def("stream_read",
+        [](const carray<float>& a, int threads) {
+          const float* p = a.data();
+          const int64_t n = a.size();
+          py::gil_scoped_release release;
+          return sk::stream_read(p, n, threads);
+        },
+        py::arg("a").noconvert(), py::arg("threads"),
+        "Sum of a's floats read once on `threads` threads (benchmark reference for bandwidth).");
 }
 
 void bind_runtime(py::module_& m) {

@@ -138,6 +138,11 @@ void compute(const Problem& p) {
   detail::propagate_nonfinite(p);
 }
 
+float stream_read(const float* p, int64_t n, int threads) {
+  require(n >= 0 && threads >= 1 && (n == 0 || p != nullptr), "bad stream_read arguments");
+  return active().load()->stream(p, n, threads);
+}
+
 namespace {
 template <class I>
 void validate_indices(const BsrView& w) {

@@ -37,8 +37,9 @@ int64_t chunk_end(const int64_t* indptr, int64_t start, int64_t end, int64_t blo
   return a;
 }
 
-float* scratch(std::size_t floats) {
-  thread_local std::vector<float> buf;
+float* scratch(std::size_t floats, int slot) {
+  thread_local std::vector<float> bufs[2];
+  std::vector<float>& buf = bufs[slot & 1];
   if (buf.size() < floats) {
     buf.clear();
     buf.shrink_to_fit();

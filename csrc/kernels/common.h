@@ -20,8 +20,9 @@ int64_t chunk_end(const int64_t* indptr, int64_t start, int64_t end, int64_t blo
 
 // Per-thread scratch memory that lives as long as the calling thread (kept so that
 // repeated calls do not page-fault a fresh buffer each time). Zero-initialised
-// only where the caller writes zeros. Never shared between threads.
-float* scratch(std::size_t floats);
+// only where the caller writes zeros. Never shared between threads. `slot` (0 or
+// 1) picks one of two independent buffers (e.g. packed panels and a result tile).
+float* scratch(std::size_t floats, int slot = 0);
 
 // Threads worth using for `fmas` multiply-adds, at most `requested`.
 int threads_for(int64_t fmas, int requested);

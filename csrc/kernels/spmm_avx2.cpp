@@ -5,7 +5,7 @@
 
 namespace sparsekit {
 const KernelTable* avx2_table() {
-  static const KernelTable table{Isa::Avx2, "avx2", &avx2::run};
+  static const KernelTable table{Isa::Avx2, "avx2", &avx2::run, &avx2::stream_read};
   return &table;
 }
 }  // namespace sparsekit

@@ -5,7 +5,7 @@
 
 namespace sparsekit {
 const KernelTable* avx512_table() {
-  static const KernelTable table{Isa::Avx512, "avx512", &avx512::run};
+  static const KernelTable table{Isa::Avx512, "avx512", &avx512::run, &avx512::stream_read};
   return &table;
 }
 }  // namespace sparsekit

@@ -9,13 +9,21 @@
 //    balanced by stored blocks, and streams their values and indices; every output
 //    element is produced by one thread in one fixed order, so results are bitwise
 //    identical for any thread count;
-//  * batch of one: a dot product per row, gathering x for 1x1 blocks and reading
-//    contiguous x for 1 x c blocks;
+//  * batch of one: a dot product per row. 1x1 blocks gather x with scalar loads
+//    (faster than the microcoded vgatherdps on AMD Zen); r x 1 blocks multiply
+//    W/r blocks' values (contiguous) by a register holding each block's x value r
+//    times; 1 x c blocks read c contiguous x values per block;
 //  * larger batches: the dense operand is packed into panels of NB = NV * W columns
-//    so that one stored value becomes one broadcast and NV fused multiply-adds on
-//    contiguous loads; r x 1 blocks reuse each panel load for r rows.
+//    (a register-tile transpose for the linear layout) so that one stored value
+//    becomes one broadcast and NV fused multiply-adds on contiguous loads; r x 1
+//    blocks reuse each panel load for r rows. Rows are processed in chunks of about
+//    64 KiB of values, each chunk against every panel tile, so a chunk's values are
+//    read from memory once. Results go to a small row-major buffer, which for the
+//    linear layout is transposed into y with the same register transpose, and the
+//    bias/activation epilogue runs vectorised on contiguous output.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #ifdef _OPENMP
@@ -28,38 +36,190 @@
 namespace sparsekit {
 namespace SK_ISA {
 
-using detail::apply_activation;
 constexpr int W = Vec::W;
+using V = typename Vec::T;
+// Vec as a dependent type, so that `if constexpr` can skip operations a Vec lacks.
+template <class Any>
+struct Dep {
+  using Vec = SK_ISA::Vec;
+};
 
-// Vectors per panel row: R * NV accumulators stay in registers.
-constexpr int panel_vectors(int r) { return r >= 8 ? 1 : (r >= 4 ? 2 : 4); }
+// ---------------------------------------------------------------- helpers
 
+template <class F>
+inline void parallel_parts(int parts, F&& f) {
+#ifdef _OPENMP
+  if (parts > 1) {
+#pragma omp parallel for schedule(static, 1) num_threads(parts)
+    for (int t = 0; t < parts; ++t) f(t);
+    return;
+  }
+#endif
+  for (int t = 0; t < parts; ++t) f(t);
+}
+
+inline float gelu1(float v) { return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752440f)); }
+
+// y[i] = act(y[i] + bias[i]) for i < len (bias may be null).
+inline void finish_vec(float* y, const float* bias, Activation act, int64_t len) {
+  if (!bias && act == Activation::None) return;
+  if (act == Activation::Gelu) {
+    for (int64_t i = 0; i < len; ++i) y[i] = gelu1(y[i] + (bias ? bias[i] : 0.f));
+    return;
+  }
+  const bool relu = act == Activation::Relu;
+  const V zero = Vec::zero();
+  int64_t i = 0;
+  for (; i + W <= len; i += W) {
+    V v = Vec::load(y + i);
+    if (bias) v = Vec::add(v, Vec::load(bias + i));
+    if (relu) v = Vec::max(zero, v);  // max(0, NaN) is NaN, max(0, -0) is -0: like torch
+    Vec::store(y + i, v);
+  }
+  for (; i < len; ++i) {
+    float v = y[i] + (bias ? bias[i] : 0.f);
+    if (relu) v = v < 0.f ? 0.f : v;
+    y[i] = v;
+  }
+}
+
+// y[i] = act(src[i] + b) for i < len.
+inline void finish_scalar_bias(float* y, const float* src, float b, Activation act, int64_t len) {
+  if (act == Activation::Gelu) {
+    for (int64_t i = 0; i < len; ++i) y[i] = gelu1(src[i] + b);
+    return;
+  }
+  const bool relu = act == Activation::Relu;
+  const V zero = Vec::zero(), bv = Vec::set1(b);
+  int64_t i = 0;
+  for (; i + W <= len; i += W) {
+    V v = Vec::add(Vec::load(src + i), bv);
+    if (relu) v = Vec::max(zero, v);
+    Vec::store(y + i, v);
+  }
+  for (; i < len; ++i) {
+    float v = src[i] + b;
+    if (relu) v = v < 0.f ? 0.f : v;
+    y[i] = v;
+  }
+}
+
+// dst[j * ldd + i] = src[i * lds + j] for i < m, j < n.
+template <class Any = void>
+inline void transpose(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t m, int64_t n) {
+  int64_t i0 = 0;
+  if constexpr (Vec::kTile > 0) {
+    constexpr int T = Vec::kTile;
+    for (; i0 + T <= m; i0 += T) {
+      int64_t j = 0;
+      for (; j + T <= n; j += T) Dep<Any>::Vec::transpose_tile(src + i0 * lds + j, lds, dst + j * ldd + i0, ldd);
+      for (; j < n; ++j)
+        for (int i = 0; i < T; ++i) dst[j * ldd + i0 + i] = src[(i0 + i) * lds + j];
+    }
+  }
+  // Remaining rows (all of them without a register transpose), a few rows at a time
+  // so that each source row is read sequentially.
+  for (; i0 < m; i0 += 8) {
+    const int64_t i1 = std::min<int64_t>(m, i0 + 8);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = i0; i < i1; ++i) dst[j * ldd + i] = src[i * lds + j];
+  }
+}
+
+// ------------------------------------------------------------------- batch 1
+
+// Rows of block rows [b0, b1): raw dot products (no bias/activation) into y.
 template <class I, int R, int C>
-void spmv_block_rows(const BsrView& w, const I* idx, const float* x, const float* bias,
-                     Activation act, float* y, int64_t b0, int64_t b1) {
-  const int bc = C > 0 ? C : w.bc;
+void spmv_block_rows(const BsrView& w, const I* idx, const float* x, float* y, int64_t b0, int64_t b1) {
+  const float* vals = w.values;
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t kb = w.indptr[b], ke = w.indptr[b + 1];
-    float acc[R];
+    float acc[R > 0 ? R : 1];
     if constexpr (R == 1 && C == 1) {
-      const float* v = w.values;
-      Vec::T a0 = Vec::zero(), a1 = Vec::zero();
+      V a0 = Vec::zero(), a1 = Vec::zero();
       int64_t k = kb;
       for (; k + 2 * W <= ke; k += 2 * W) {
-        a0 = Vec::fmadd(Vec::load(v + k), Vec::gather(x, idx + k), a0);
-        a1 = Vec::fmadd(Vec::load(v + k + W), Vec::gather(x, idx + k + W), a1);
+        a0 = Vec::fmadd(Vec::load(vals + k), Vec::gather(x, idx + k), a0);
+        a1 = Vec::fmadd(Vec::load(vals + k + W), Vec::gather(x, idx + k + W), a1);
       }
-      for (; k + W <= ke; k += W) a0 = Vec::fmadd(Vec::load(v + k), Vec::gather(x, idx + k), a0);
+      for (; k + W <= ke; k += W) a0 = Vec::fmadd(Vec::load(vals + k), Vec::gather(x, idx + k), a0);
       float s = Vec::hsum(Vec::add(a0, a1));
-      for (; k < ke; ++k) s += v[k] * x[idx[k]];
+      for (; k < ke; ++k) s += vals[k] * x[idx[k]];
       acc[0] = s;
+    } else if constexpr (C == 1 && R >= W && R % W == 0) {
+      // r x 1 blocks as tall as a register: one broadcast serves R / W registers.
+      constexpr int NQ = R / W;
+      constexpr int SETS = NQ == 1 ? 2 : 1;
+      V a[SETS][NQ];
+      for (int s = 0; s < SETS; ++s)
+        for (int q = 0; q < NQ; ++q) a[s][q] = Vec::zero();
+      int64_t k = kb;
+      for (; k + SETS <= ke; k += SETS)
+        for (int s = 0; s < SETS; ++s) {
+          const V xv = Vec::set1(x[idx[k + s]]);
+          for (int q = 0; q < NQ; ++q) a[s][q] = Vec::fmadd(Vec::load(vals + (k + s) * R + q * W), xv, a[s][q]);
+        }
+      for (; k < ke; ++k) {
+        const V xv = Vec::set1(x[idx[k]]);
+        for (int q = 0; q < NQ; ++q) a[0][q] = Vec::fmadd(Vec::load(vals + k * R + q * W), xv, a[0][q]);
+      }
+      for (int q = 0; q < NQ; ++q) {
+        V t = a[0][q];
+        for (int s = 1; s < SETS; ++s) t = Vec::add(t, a[s][q]);
+        Vec::store(acc + q * W, t);
+      }
+    } else if constexpr (Vec::kGroupOps && ((C == 1 && R > 1 && R < W) || (R == 1 && C > 1 && C < W))) {
+      // W / G narrow blocks per register: their values are contiguous.
+      constexpr int G = C == 1 ? R : C;
+      constexpr int PER = W / G;  // blocks per register
+      V a0 = Vec::zero(), a1 = Vec::zero();
+      auto xs = [&](int64_t k) {
+        using DV = typename Dep<I>::Vec;
+        if constexpr (C == 1) return DV::template bcast_groups<G>(x, idx + k);
+        else return DV::template chunk_groups<G>(x, idx + k);
+      };
+      int64_t k = kb;
+      for (; k + 2 * PER <= ke; k += 2 * PER) {
+        a0 = Vec::fmadd(Vec::load(vals + k * G), xs(k), a0);
+        a1 = Vec::fmadd(Vec::load(vals + (k + PER) * G), xs(k + PER), a1);
+      }
+      for (; k + PER <= ke; k += PER) a0 = Vec::fmadd(Vec::load(vals + k * G), xs(k), a0);
+      float lanes[W];
+      Vec::store(lanes, Vec::add(a0, a1));
+      if constexpr (C == 1) {
+        for (int r = 0; r < R; ++r) {
+          float s = 0.f;
+          for (int g = 0; g < PER; ++g) s += lanes[g * R + r];
+          for (int64_t kk = k; kk < ke; ++kk) s += vals[kk * R + r] * x[idx[kk]];
+          acc[r] = s;
+        }
+      } else {
+        float s = 0.f;
+        for (int l = 0; l < W; ++l) s += lanes[l];
+        for (int64_t kk = k; kk < ke; ++kk)
+          for (int c = 0; c < C; ++c) s += vals[kk * C + c] * x[static_cast<int64_t>(idx[kk]) * C + c];
+        acc[0] = s;
+      }
+    } else if constexpr (R == 1 && C >= W && C % W == 0) {
+      // 1 x c blocks as wide as a register: contiguous loads of values and x.
+      V a[C / W];
+      for (int q = 0; q < C / W; ++q) a[q] = Vec::zero();
+      for (int64_t k = kb; k < ke; ++k) {
+        const float* xb = x + static_cast<int64_t>(idx[k]) * C;
+        for (int q = 0; q < C / W; ++q) a[q] = Vec::fmadd(Vec::load(vals + k * C + q * W), Vec::load(xb + q * W), a[q]);
+      }
+      V t = a[0];
+      for (int q = 1; q < C / W; ++q) t = Vec::add(t, a[q]);
+      acc[0] = Vec::hsum(t);
     } else {
+      // General r x c blocks (and narrow blocks without group operations).
+      const int bc = C > 0 ? C : w.bc;
       constexpr int CM = C > 0 ? C : 16;
       float part[R][CM];
       for (int r = 0; r < R; ++r)
         for (int c = 0; c < CM; ++c) part[r][c] = 0.f;
       for (int64_t k = kb; k < ke; ++k) {
-        const float* vb = w.values + k * R * bc;
+        const float* vb = vals + k * R * bc;
         const float* xb = x + static_cast<int64_t>(idx[k]) * bc;
         for (int r = 0; r < R; ++r)
           for (int c = 0; c < bc; ++c) part[r][c] += vb[r * bc + c] * xb[c];
@@ -72,50 +232,29 @@ void spmv_block_rows(const BsrView& w, const I* idx, const float* x, const float
     }
     const int64_t row0 = b * R;
     const int nr = static_cast<int>(std::min<int64_t>(R, w.rows - row0));
-    for (int r = 0; r < nr; ++r)
-      y[row0 + r] = apply_activation(acc[r] + (bias ? bias[row0 + r] : 0.f), act);
+    for (int r = 0; r < nr; ++r) y[row0 + r] = acc[r];
   }
 }
 
-// Where one panel tile's results go.
-struct TileOut {
-  const Problem* p;
-  int64_t col0;  // first dense vector of the tile
-  int nc;        // valid vectors in the tile
-};
+// --------------------------------------------------------------- batch > 1
 
-template <int R, int NB>
-inline void store_tile(const TileOut& t, int64_t row0, const float (&res)[R][NB]) {
-  const Problem& p = *t.p;
-  const int64_t rows = p.w.rows;
-  const int nr = static_cast<int>(std::min<int64_t>(R, rows - row0));
-  for (int r = 0; r < nr; ++r) {
-    const float bv = p.bias ? p.bias[row0 + r] : 0.f;
-    if (p.layout == Layout::Linear) {
-      float* y = p.y + t.col0 * rows + row0 + r;
-      for (int u = 0; u < t.nc; ++u) y[u * rows] = apply_activation(res[r][u] + bv, p.act);
-    } else {
-      float* y = p.y + (row0 + r) * p.n + t.col0;
-      if (p.act == Activation::None) {
-        for (int u = 0; u < t.nc; ++u) y[u] = res[r][u] + bv;
-      } else {
-        for (int u = 0; u < t.nc; ++u) y[u] = apply_activation(res[r][u] + bv, p.act);
-      }
-    }
-  }
-}
+// Vectors per panel row and independent accumulator sets: R * NV * SETS >= 8
+// chains hide the FMA latency; R * NV * SETS registers stay below the register file.
+constexpr int panel_vectors(int r) { return r >= 8 ? 1 : (r >= 4 ? 2 : (W >= 16 ? 2 : 4)); }
+constexpr int acc_sets(int r, int nv) { return r * nv >= 8 ? 1 : (r * nv >= 4 ? 2 : 4); }
 
 // Rows [b0, b1) against one panel tile: panel row i (i = input column) starts at
-// panel + i * ldp and holds NB consecutive dense vectors' values.
+// panel + i * ldp and holds NB consecutive dense vectors' values. Results (no
+// bias/activation) go to res + (b - b0) * R * NB, row-major with NB per row.
 template <class I, int R, int C, int NV>
 void panel_block_rows(const BsrView& w, const I* idx, const float* panel, int64_t ldp,
-                      int64_t b0, int64_t b1, const TileOut& out) {
+                      int64_t b0, int64_t b1, float* res) {
   constexpr int NB = NV * W;
-  constexpr int SETS = R == 1 ? 2 : 1;  // independent chains to hide FMA latency
+  constexpr int SETS = acc_sets(R, NV);
   const int bc = C > 0 ? C : w.bc;
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t kb = w.indptr[b], ke = w.indptr[b + 1];
-    typename Vec::T acc[SETS][R][NV];
+    V acc[SETS][R][NV];
     for (int s = 0; s < SETS; ++s)
       for (int r = 0; r < R; ++r)
         for (int u = 0; u < NV; ++u) acc[s][r][u] = Vec::zero();
@@ -123,10 +262,10 @@ void panel_block_rows(const BsrView& w, const I* idx, const float* panel, int64_
       const float* vb = w.values + k * R * bc;
       const float* xr = panel + static_cast<int64_t>(idx[k]) * bc * ldp;
       for (int c = 0; c < bc; ++c) {
-        typename Vec::T xv[NV];
+        V xv[NV];
         for (int u = 0; u < NV; ++u) xv[u] = Vec::load(xr + c * ldp + u * W);
         for (int r = 0; r < R; ++r) {
-          const typename Vec::T sv = Vec::set1(vb[r * bc + c]);
+          const V sv = Vec::set1(vb[r * bc + c]);
           for (int u = 0; u < NV; ++u) acc[s][r][u] = Vec::fmadd(sv, xv[u], acc[s][r][u]);
         }
       }
@@ -135,27 +274,51 @@ void panel_block_rows(const BsrView& w, const I* idx, const float* panel, int64_
     for (; k + SETS <= ke; k += SETS)
       for (int s = 0; s < SETS; ++s) block(s, k + s);
     for (; k < ke; ++k) block(0, k);
-    float res[R][NB];
+    float* out = res + (b - b0) * R * NB;
     for (int r = 0; r < R; ++r)
       for (int u = 0; u < NV; ++u) {
-        typename Vec::T a = acc[0][r][u];
+        V a = acc[0][r][u];
         for (int s = 1; s < SETS; ++s) a = Vec::add(a, acc[s][r][u]);
-        Vec::store(&res[r][u * W], a);
+        Vec::store(out + r * NB + u * W, a);
       }
-    store_tile<R, NB>(out, b * R, res);
   }
 }
 
-template <class F>
-inline void parallel_parts(int parts, F&& f) {
-#ifdef _OPENMP
-  if (parts > 1) {
-#pragma omp parallel for schedule(static, 1) num_threads(parts)
-    for (int t = 0; t < parts; ++t) f(t);
-    return;
+// Packs vectors [v0, v0 + nv) of x into a panel tile of cols_pad rows x NB.
+template <int NB>
+void pack_tile(const Problem& p, int64_t v0, int nv, int64_t cols_pad, float* dst) {
+  const int64_t n = p.n, cols = p.w.cols;
+  if (p.layout == Layout::Linear) {  // x is (n, cols): transpose nv rows
+    if (nv < NB)
+      for (int64_t i = 0; i < cols; ++i) std::memset(dst + i * NB + nv, 0, sizeof(float) * (NB - nv));
+    transpose(p.x + v0 * cols, cols, dst, NB, nv, cols);
+  } else {  // x is (cols, n): copy NB-wide row segments
+    for (int64_t i = 0; i < cols; ++i) {
+      std::memcpy(dst + i * NB, p.x + i * n + v0, sizeof(float) * nv);
+      if (nv < NB) std::memset(dst + i * NB + nv, 0, sizeof(float) * (NB - nv));
+    }
   }
-#endif
-  for (int t = 0; t < parts; ++t) f(t);
+  if (cols_pad != cols) std::memset(dst + cols * NB, 0, sizeof(float) * (cols_pad - cols) * NB);
+}
+
+// Writes a chunk's results (rows [row0, row0 + nrows), vectors [col0, col0 + nc))
+// from the row-major buffer res (NB per row) into y, with bias and activation.
+template <int NB>
+void store_chunk(const Problem& p, const float* res, int64_t row0, int64_t nrows, int64_t col0, int nc) {
+  const int64_t rows = p.w.rows;
+  if (p.layout == Layout::Linear) {  // y is (n, rows)
+    float* y = p.y + col0 * rows + row0;
+    transpose(res, NB, y, rows, nrows, nc);
+    if (p.bias || p.act != Activation::None)
+      for (int u = 0; u < nc; ++u) finish_vec(y + u * rows, p.bias ? p.bias + row0 : nullptr, p.act, nrows);
+  } else {  // y is (rows, n)
+    for (int64_t r = 0; r < nrows; ++r) {
+      float* y = p.y + (row0 + r) * p.n + col0;
+      const float b = p.bias ? p.bias[row0 + r] : 0.f;
+      if (!p.bias && p.act == Activation::None) std::memcpy(y, res + r * NB, sizeof(float) * nc);
+      else finish_scalar_bias(y, res + r * NB, b, p.act, nc);
+    }
+  }
 }
 
 template <class I, int R, int C>
@@ -179,18 +342,20 @@ void run_typed(const Problem& p) {
       x = xp;
     }
     parallel_parts(parts, [&](int t) {
-      spmv_block_rows<I, R, C>(w, idx, x, p.bias, p.act, p.y, bounds[t], bounds[t + 1]);
+      spmv_block_rows<I, R, C>(w, idx, x, p.y, bounds[t], bounds[t + 1]);
+      const int64_t r0 = bounds[t] * R, r1 = std::min<int64_t>(w.rows, bounds[t + 1] * R);
+      if (r1 > r0) finish_vec(p.y + r0, p.bias ? p.bias + r0 : nullptr, p.act, r1 - r0);
     });
     return;
   }
 
   constexpr int NV = panel_vectors(R);
   constexpr int NB = NV * W;
-  const int64_t n = p.n, cols = w.cols;
+  const int64_t n = p.n;
   const int64_t ntiles = (n + NB - 1) / NB;
   const float* panels;
   int64_t ldp, tile_stride;
-  if (p.layout == Layout::Matmul && n % NB == 0 && cols_pad == cols) {
+  if (p.layout == Layout::Matmul && n % NB == 0 && cols_pad == w.cols) {
     panels = p.x;  // x is (cols, n): its rows already are panel rows
     ldp = n;
     tile_stride = NB;
@@ -201,36 +366,27 @@ void run_typed(const Problem& p) {
     const int pack_parts = static_cast<int>(std::min<int64_t>(parts, ntiles));
     parallel_parts(pack_parts, [&](int part) {
       for (int64_t t = part; t < ntiles; t += pack_parts) {
-        float* dst = buf + t * tile_stride;
         const int64_t v0 = t * NB;
-        const int nv = static_cast<int>(std::min<int64_t>(NB, n - v0));
-        if (p.layout == Layout::Linear) {  // x is (n, cols): transpose NB rows
-          if (nv < NB || cols_pad != cols) std::memset(dst, 0, sizeof(float) * cols_pad * NB);
-          for (int u = 0; u < nv; ++u) {
-            const float* src = p.x + (v0 + u) * cols;
-            for (int64_t i = 0; i < cols; ++i) dst[i * NB + u] = src[i];
-          }
-        } else {  // x is (cols, n): copy NB-wide row segments
-          for (int64_t i = 0; i < cols; ++i) {
-            std::memcpy(dst + i * NB, p.x + i * n + v0, sizeof(float) * nv);
-            if (nv < NB) std::memset(dst + i * NB + nv, 0, sizeof(float) * (NB - nv));
-          }
-          if (cols_pad != cols) std::memset(dst + cols * NB, 0, sizeof(float) * (cols_pad - cols) * NB);
-        }
+        pack_tile<NB>(p, v0, static_cast<int>(std::min<int64_t>(NB, n - v0)), cols_pad, buf + t * tile_stride);
       }
     });
     panels = buf;
   }
 
-  // Rows in chunks of about 64 KiB of values, each chunk against every tile, so a
-  // chunk's values are read from memory once and from cache for the other tiles.
+  // Rows in chunks of about 64 KiB of values (and at most kChunkRows rows), each
+  // chunk against every tile, so a chunk's values are read from memory once and
+  // from cache for the other tiles.
+  constexpr int64_t kChunkRows = 256;
   const int64_t chunk_blocks = std::max<int64_t>(1, 16384 / (R * bc));
+  const int64_t chunk_brows = std::max<int64_t>(1, kChunkRows / R);
   parallel_parts(parts, [&](int t) {
+    float* res = detail::scratch(static_cast<size_t>(chunk_brows * R * NB), 1);
     for (int64_t s = bounds[t]; s < bounds[t + 1];) {
-      const int64_t e = detail::chunk_end(w.indptr, s, bounds[t + 1], chunk_blocks);
+      const int64_t e = std::min(detail::chunk_end(w.indptr, s, bounds[t + 1], chunk_blocks), s + chunk_brows);
+      const int64_t row0 = s * R, nrows = std::min<int64_t>(w.rows, e * R) - row0;
       for (int64_t tile = 0; tile < ntiles; ++tile) {
-        const TileOut out{&p, tile * NB, static_cast<int>(std::min<int64_t>(NB, n - tile * NB))};
-        panel_block_rows<I, R, C, NV>(w, idx, panels + tile * tile_stride, ldp, s, e, out);
+        panel_block_rows<I, R, C, NV>(w, idx, panels + tile * tile_stride, ldp, s, e, res);
+        store_chunk<NB>(p, res, row0, nrows, tile * NB, static_cast<int>(std::min<int64_t>(NB, n - tile * NB)));
       }
       s = e;
     }
@@ -261,6 +417,31 @@ void run_index(const Problem& p) {
 inline void run(const Problem& p) {
   if (p.w.index_bytes == 2) run_index<uint16_t>(p);
   else run_index<int32_t>(p);
+}
+
+// Sum of n floats read once, split over `threads` threads (a streaming-read
+// reference for the batch-1 kernels: same bytes, same vector width).
+inline float stream_read(const float* p, int64_t n, int threads) {
+  // At least 64 KiB per thread: below that a fork/join costs more than the read.
+  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, detail::kMaxThreads, n / 16384})));
+  float sums[detail::kMaxThreads];
+  parallel_parts(parts, [&](int t) {
+    const int64_t a = n * t / parts, b = n * (t + 1) / parts;
+    V a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
+    int64_t i = a;
+    for (; i + 4 * W <= b; i += 4 * W) {
+      a0 = Vec::add(a0, Vec::load(p + i));
+      a1 = Vec::add(a1, Vec::load(p + i + W));
+      a2 = Vec::add(a2, Vec::load(p + i + 2 * W));
+      a3 = Vec::add(a3, Vec::load(p + i + 3 * W));
+    }
+    float s = Vec::hsum(Vec::add(Vec::add(a0, a1), Vec::add(a2, a3)));
+    for (; i < b; ++i) s += p[i];
+    sums[t] = s;
+  });
+  float s = 0.f;
+  for (int t = 0; t < parts; ++t) s += sums[t];
+  return s;
 }
 
 }  // namespace SK_ISA

@@ -5,7 +5,7 @@
 
 namespace sparsekit {
 const KernelTable* neon_table() {
-  static const KernelTable table{Isa::Neon, "neon", &neon::run};
+  static const KernelTable table{Isa::Neon, "neon", &neon::run, &neon::stream_read};
   return &table;
 }
 }  // namespace sparsekit

@@ -5,7 +5,7 @@
 
 namespace sparsekit {
 const KernelTable* scalar_table() {
-  static const KernelTable table{Isa::Scalar, "scalar", &scalar::run};
+  static const KernelTable table{Isa::Scalar, "scalar", &scalar::run, &scalar::stream_read};
   return &table;
 }
 }  // namespace sparsekit

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "x86_common.h"
+
 namespace sparsekit {
 namespace SK_ISA {
 
@@ -23,15 +25,39 @@ struct Vec {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static inline __m256i index8(const uint16_t* idx) {
-    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
-  }
-  static inline __m256i index8(const int32_t* idx) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx));
-  }
+  static inline T max(T a, T b) { return _mm256_max_ps(a, b); }  // b when either is NaN
+  // W values base[idx[0..W)]: scalar loads (faster than vgatherdps on AMD Zen).
   template <class I>
-  static inline T gather(const float* base, const I* idx) {
-    return _mm256_i32gather_ps(base, index8(idx), 4);
+  static inline T gather(const float* base, const I* idx) { return x86::gather8(base, idx); }
+
+  // Group operations for blocks narrower than a register (kGroupOps).
+  static constexpr bool kGroupOps = true;
+  // Lane l holds base[idx[l / G]] (r x 1 blocks at batch 1, G = r < W).
+  template <int G, class I>
+  static inline T bcast_groups(const float* base, const I* idx) {
+    static_assert(G == 2 || G == 4, "group of 2 or 4");
+    if constexpr (G == 4) {
+      return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(base + idx[0])),
+                                  _mm_broadcast_ss(base + idx[1]), 1);
+    } else {
+      const __m256 v = _mm256_castps128_ps256(x86::gather4(base, idx));
+      return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+    }
+  }
+  // Lane l holds base[idx[l / G] * G + l % G] (1 x c blocks at batch 1, G = c < W).
+  template <int G, class I>
+  static inline T chunk_groups(const float* base, const I* idx) {
+    static_assert(G == 2 || G == 4, "group of 2 or 4");
+    if constexpr (G == 4) {
+      return _mm256_loadu2_m128(base + static_cast<int64_t>(idx[1]) * 4, base + static_cast<int64_t>(idx[0]) * 4);
+    } else {
+      return x86::pairs4(base, idx);
+    }
+  }
+  // dst[j * ldd + i] = src[i * lds + j], 8 x 8.
+  static constexpr int kTile = 8;
+  static inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
+    x86::transpose8x8(src, lds, dst, ldd);
   }
 };
 

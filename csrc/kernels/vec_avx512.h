@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "x86_common.h"
+
 namespace sparsekit {
 namespace SK_ISA {
 
@@ -26,15 +28,48 @@ struct Vec {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static inline __m512i index16(const uint16_t* idx) {
-    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)));
+  static inline T max(T a, T b) { return _mm512_max_ps(a, b); }  // b when either is NaN
+  static inline __m512 join(__m256 lo, __m256 hi) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
   }
-  static inline __m512i index16(const int32_t* idx) {
-    return _mm512_loadu_si512(reinterpret_cast<const void*>(idx));
-  }
+  // W values base[idx[0..W)]: scalar loads (faster than vgatherdps on AMD Zen 4).
   template <class I>
   static inline T gather(const float* base, const I* idx) {
-    return _mm512_i32gather_ps(index16(idx), base, 4);
+    return join(x86::gather8(base, idx), x86::gather8(base, idx + 8));
+  }
+
+  static constexpr bool kGroupOps = true;
+  // Lane l holds base[idx[l / G]].
+  template <int G, class I>
+  static inline T bcast_groups(const float* base, const I* idx) {
+    static_assert(G == 2 || G == 4 || G == 8, "group of 2, 4 or 8");
+    if constexpr (G == 8) {
+      return join(_mm256_broadcast_ss(base + idx[0]), _mm256_broadcast_ss(base + idx[1]));
+    } else if constexpr (G == 4) {
+      const __m512 v = _mm512_castps128_ps512(x86::gather4(base, idx));
+      return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), v);
+    } else {
+      const __m512 v = _mm512_castps256_ps512(x86::gather8(base, idx));
+      return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), v);
+    }
+  }
+  // Lane l holds base[idx[l / G] * G + l % G].
+  template <int G, class I>
+  static inline T chunk_groups(const float* base, const I* idx) {
+    static_assert(G == 2 || G == 4 || G == 8, "group of 2, 4 or 8");
+    if constexpr (G == 8) {
+      return join(_mm256_loadu_ps(base + static_cast<int64_t>(idx[0]) * 8),
+                  _mm256_loadu_ps(base + static_cast<int64_t>(idx[1]) * 8));
+    } else if constexpr (G == 4) {
+      return join(_mm256_loadu2_m128(base + static_cast<int64_t>(idx[1]) * 4, base + static_cast<int64_t>(idx[0]) * 4),
+                  _mm256_loadu2_m128(base + static_cast<int64_t>(idx[3]) * 4, base + static_cast<int64_t>(idx[2]) * 4));
+    } else {
+      return join(x86::pairs4(base, idx), x86::pairs4(base, idx + 4));
+    }
+  }
+  static constexpr int kTile = 8;
+  static inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
+    x86::transpose8x8(src, lds, dst, ldd);
   }
 };
 

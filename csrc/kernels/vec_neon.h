@@ -21,6 +21,11 @@ struct Vec {
     float32x2_t s = vadd_f32(vget_low_f32(v), vget_high_f32(v));
     return vget_lane_f32(vpadd_f32(s, s), 0);
   }
+  static inline T max(T a, T b) {  // b when either is NaN, like x86 maxps
+    return vbslq_f32(vcgtq_f32(a, b), a, b);
+  }
+  static constexpr bool kGroupOps = false;
+  static constexpr int kTile = 0;  // no register transpose: plain loops
   template <class I>
   static inline T gather(const float* base, const I* idx) {
     float t[4] = {base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]};

@@ -16,6 +16,9 @@ struct Vec {
   static inline T fmadd(T a, T b, T c) { return a * b + c; }
   static inline T add(T a, T b) { return a + b; }
   static inline float hsum(T v) { return v; }
+  static inline T max(T a, T b) { return a > b ? a : b; }  // b when either is NaN
+  static constexpr bool kGroupOps = false;
+  static constexpr int kTile = 0;  // no register transpose: plain loops
   template <class I>
   static inline T gather(const float* base, const I* idx) { return base[idx[0]]; }
 };

@@ -15,6 +15,9 @@ struct KernelTable {
   Isa isa;
   const char* name;
   void (*run)(const Problem&);
+  // Sums n floats with this instruction set's loads, split over `threads`
+  // threads: the streaming-read reference the benchmarks compare batch 1 with.
+  float (*stream)(const float* p, int64_t n, int threads);
 };
 
 // Kernel tables compiled into this build (scalar always; others per target).
@@ -40,6 +43,9 @@ int openmp_max_threads();
 // Checks the cheap invariants of a problem (sizes, pointers, block shape) and
 // runs it on the current kernel table. Throws std::invalid_argument.
 void compute(const Problem& p);
+
+// Streaming read of n floats on the current kernel table (benchmark reference).
+float stream_read(const float* p, int64_t n, int threads);
 
 // Full O(nnz) structural validation of a block-CSR matrix: indptr starts at 0,
 // is non-decreasing and ends at n_blocks; every block column index is in range

@@ -1,0 +1,76 @@
+"""sparsekit against torch dense, torch CSR and scipy CSR: one group per grid point.
+
+``pytest benchmarks --benchmark-only [--full-grid] [--simd avx2] [--sk-threads 2]``.
+Every contender's result is checked against a float64 reference outside the timed
+call; ``extra_info`` records SIMD level, threads, sparsity, block and bytes moved.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from sparsekit import bench
+
+CONTENDERS = [f"sparsekit-{f}" for f in bench.FORMATS] + list(bench.BASELINES)
+
+
+def _group(case: bench.Case) -> str:
+    return f"linear {case.shape[0]}x{case.shape[1]} batch={case.batch} sparsity={case.sparsity:g}"
+
+
+@pytest.mark.parametrize("contender", CONTENDERS)
+def test_linear(benchmark, case, contender, sk_threads, simd_level):
+    fmt = contender.split("-", 1)[1] if contender.startswith("sparsekit-") else None
+    cs = bench.contenders(case, formats=(fmt,) if fmt else (),
+                          baselines=() if fmt else (contender,), threads=sk_threads)
+    c = cs[contender]
+    c.check()  # correctness, outside the timed call
+    benchmark.group = _group(case)
+    benchmark.extra_info.update({"simd": simd_level, "threads": sk_threads, "sparsity": case.sparsity,
+                                 "batch": case.batch, "shape": list(case.shape),
+                                 "block": c.info.get("block"), "bytes_moved": c.info.get("bytes_moved"),
+                                 "nbytes": c.info.get("nbytes"), "flops": c.info.get("flops")})
+    benchmark(c.run)
+
+
+@pytest.mark.parametrize("fmt", list(bench.FORMATS))
+def test_stream_read_reference(benchmark, case, fmt, sk_threads, batch_independent):
+    """The streaming read of the same bytes a batch-1 product must read (same group as b1)."""
+    m = bench.sparse_weight(case.shape, case.sparsity, fmt)
+    nbytes = bench.kernel_bytes(m, 1)
+    fn = bench.stream_fn(nbytes, sk_threads)
+    benchmark.group = _group(case)
+    benchmark.extra_info.update({"bytes": nbytes, "threads": sk_threads, "reference_for": f"sparsekit-{fmt}"})
+    benchmark(fn)
+
+
+@pytest.mark.parametrize("fmt", list(bench.FORMATS))
+def test_convert_and_bytes(benchmark, case, fmt, batch_independent):
+    """Conversion time, and bytes of each format against dense float32 (extra_info)."""
+    w = bench.dense_weight(case.shape, case.sparsity, bench.FORMATS[fmt])
+    block = bench.FORMATS[fmt]
+    m = benchmark(bench.SparseMatrix.from_dense, w, block=block)
+    dense = 4 * case.shape[0] * case.shape[1]
+    benchmark.group = f"convert {case.shape[0]}x{case.shape[1]} sparsity={case.sparsity:g}"
+    benchmark.extra_info.update({"nbytes": m.nbytes, "dense_bytes": dense, "ratio": m.nbytes / dense,
+                                 "index_dtype": m.index_dtype, "block": list(block)})
+    assert np.array_equal(m.to_dense(), w)
+
+
+@pytest.mark.parametrize("block", [(1, 1), (4, 1)], ids=["csr", "4x1"])
+def test_peak_rss_4096(benchmark, block):
+    """Peak resident memory of building, converting and running a 4096x4096 layer (fresh process)."""
+    out = {}
+
+    def probe():
+        out.update(bench.peak_rss([block])[0])
+
+    benchmark.pedantic(probe, rounds=1, iterations=1)
+    benchmark.group = "peak RSS 4096x4096 sparsity=0.9"
+    benchmark.extra_info.update({k: v for k, v in out.items()})
+    print(json.dumps(out), file=sys.stderr)
+    assert out["after_run"] - out["after_convert"] < (32 << 20)  # running adds little
