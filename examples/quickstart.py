@@ -1,14 +1,12 @@
 """Quick start: prune a model, convert it to sparse layers, check the outputs, time both."""
-import sys, time, torch
-from sparsekit.convert import convert
-from sparsekit.prune import make_permanent, prune
+import sys, time, torch, sparsekit
 
 h = int(sys.argv[1]) if len(sys.argv) > 1 else 2048  # hidden width (the test uses a small one)
 model = torch.nn.Sequential(torch.nn.Linear(256, h), torch.nn.ReLU(), torch.nn.Linear(h, h), torch.nn.ReLU(),
                             torch.nn.Linear(h, 10)).eval()
-prune(model, 0.9)                 # remove the 90% smallest weights of every Linear layer (in place)
-make_permanent(model)             # bake the masks into zeros (fine-tune before this in real use)
-fast = convert(model, batch_sizes=(1,))  # sparse layers where they beat dense at batch 1 (measured)
+sparsekit.prune(model, 0.9)       # remove the 90% smallest weights of every Linear layer (in place)
+sparsekit.make_permanent(model)   # bake the masks into zeros (fine-tune before this in real use)
+fast = sparsekit.convert(model, batch_sizes=(1,))  # sparse layers where they beat dense at batch 1 (measured)
 x = torch.randn(1, 256)
 with torch.inference_mode():
     print(fast.sparsekit_summary, "\nmax |sparse - dense| =", (fast(x) - model(x)).abs().max().item())

@@ -394,7 +394,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     _check_output(args.output, args.model)
     import torch
 
-    from sparsekit.prune import make_permanent, prune, sparsity_report
+    import sparsekit
 
     exclude = args.exclude or None
     kwargs = dict(method=args.method, granularity=args.granularity, scope=args.scope, exclude=exclude,
@@ -407,10 +407,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         target, pairs = loaded.model, []
     try:
         with torch.no_grad():
-            prune(target, args.sparsity, **kwargs)
+            sparsekit.prune(target, args.sparsity, **kwargs)
     except (TypeError, ValueError) as exc:
         raise UsageError(_one_line(exc)) from exc
-    make_permanent(target)
+    sparsekit.make_permanent(target)
     if loaded.kind == "torchscript":
         with torch.no_grad():
             for script_layer, layer in pairs:
@@ -430,7 +430,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         report_kwargs["block"] = args.granularity
     elif ":" in str(args.granularity):
         report_kwargs["nm"] = args.granularity
-    report = sparsity_report(target, **report_kwargs)
+    report = sparsekit.sparsity_report(target, **report_kwargs)
     print(report)
     total = report.total
     print(f"\npruned {total['numel'] - total['nnz']:,} of {total['numel']:,} weights "
@@ -451,15 +451,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                          "state_dict and --factory package.module:function that builds the model")
     loaded = load_model(args.model, args.factory, args.factory_kwargs)
     _check_output(args.output, args.model)
-    from sparsekit.convert import convert
-    from sparsekit.io import save
+    import sparsekit
 
     try:
-        converted = convert(loaded.model, format=args.format)
+        converted = sparsekit.convert(loaded.model, format=args.format)
     except (TypeError, ValueError) as exc:
         raise UsageError(_one_line(exc)) from exc
     try:
-        save(converted, args.output)
+        sparsekit.save(converted, args.output)
     except Exception as exc:
         raise CLIError(f"cannot write {args.output}: {_one_line(exc)}") from exc
     print(_decisions_table(converted))

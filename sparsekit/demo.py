@@ -4,10 +4,10 @@ Everything runs offline on scikit-learn's bundled handwritten digits (1,797
 8x8 images, 10 classes):
 
 1. train a wide MLP (64 -> H -> H -> 10) densely;
-2. prune it gradually with :class:`sparsekit.prune.PolynomialDecay` while it
-   keeps training (:class:`sparsekit.prune.Pruner`), then fine-tune at the
+2. prune it gradually with :class:`sparsekit.PolynomialDecay` while it
+   keeps training (:class:`sparsekit.Pruner`), then fine-tune at the
    final sparsity;
-3. :func:`sparsekit.prune.make_permanent` and :func:`sparsekit.convert.convert`
+3. :func:`sparsekit.make_permanent` and :func:`sparsekit.convert`
    (per layer, the faster of dense and a sparse format, by measurement);
 4. measure batch-1 latency of the dense, the pruned-but-dense and the sparse
    model side by side (interleaved calls, median), and print a table of
@@ -159,16 +159,14 @@ def _nbytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _file_bytes(model: nn.Module, sparse: bool) -> Optional[int]:
+def _file_bytes(model: nn.Module, sparse: bool) -> int:
     """Size on disk: safetensors state_dict (dense) or :func:`sparsekit.save` (sparse)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
         if sparse:
-            try:
-                from sparsekit.io import save
-            except ImportError:
-                return None
-            save(model, path)
+            import sparsekit
+
+            sparsekit.save(model, path)
         else:
             from safetensors.torch import save_file
 
@@ -192,6 +190,7 @@ def _epochs(model: nn.Module, opt: torch.optim.Optimizer, xtr: torch.Tensor, ytr
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     loss = torch.zeros(())
+    sparsity = f"{pruner.achieved_sparsity():.1%}" if pruner is not None else ""
     for _ in range(epochs):
         order = torch.randperm(len(xtr), generator=gen)
         for i in range(0, len(xtr), cfg.batch_size):
@@ -201,14 +200,10 @@ def _epochs(model: nn.Module, opt: torch.optim.Optimizer, xtr: torch.Tensor, ytr
             batch_loss.backward()
             loss = batch_loss.detach()
             opt.step()
-            if pruner is not None:
-                pruner.step()
+            if pruner is not None and pruner.step():  # the masks changed: show the new sparsity
+                sparsity = f"{pruner.achieved_sparsity():.1%}"
             bar.update(1)
-            if pruner is not None:
-                bar.set_postfix(loss=f"{loss.item():.3f}", sparsity=f"{pruner.achieved_sparsity():.1%}",
-                                refresh=False)
-            else:
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss.item():.3f}", **({"sparsity": sparsity} if pruner else {}), refresh=False)
     return float(loss)
 
 
@@ -239,8 +234,6 @@ def _latencies(models: List[nn.Module], x: torch.Tensor, repeats: int, bar) -> L
 def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[TextIO] = None) -> DemoResult:
     """Run the demo with ``config``; print stage lines and the table to ``out`` (stdout); return the numbers."""
     import sparsekit
-    from sparsekit.convert import convert
-    from sparsekit.prune import PolynomialDecay, Pruner, make_permanent
 
     out = sys.stdout if out is None else out
     cfg = config
@@ -279,31 +272,32 @@ def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[Tex
     # One PolynomialDecay ramp (0 -> 1, TensorFlow Model Optimization's formula) scaled per layer:
     # the H x H and output layers go to `sparsity`, the small first layer to `first_layer_sparsity`.
     end_step = frequency * max(1, (prune_steps - 1) // frequency)  # the last update lands on end_step
-    ramp = PolynomialDecay(0.0, 1.0, begin_step=0, end_step=end_step, power=3, frequency=frequency)
+    ramp = sparsekit.PolynomialDecay(0.0, 1.0, begin_step=0, end_step=end_step, power=3, frequency=frequency)
     targets = {"0": cfg.first_layer_sparsity, "2": cfg.sparsity, "4": cfg.sparsity}
 
     def schedule(step: int) -> Tuple[bool, Dict[str, float]]:
         update, fraction = ramp(step)
         return update, {name: fraction * target for name, target in targets.items()}
 
-    pruner = Pruner(model, schedule, optimizer=opt)
+    pruner = sparsekit.Pruner(model, schedule, optimizer=opt)
     total_epochs = cfg.prune_epochs + cfg.finetune_epochs
     with _progress(total_epochs * steps_per_epoch, "2/4 prune + fine-tune", progress) as bar:
         _epochs(model, opt, xtr, ytr, total_epochs, cfg, gen, bar, pruner=pruner)
-    make_permanent(model)
+    sparsekit.make_permanent(model)
     model.eval()
     pruned_acc = _accuracy(model, xte, yte)
     weights = [model[i].weight for i in (0, 2, 4)]
     achieved = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     timings["prune"] = time.perf_counter() - t0
-    say(f"[2/4] pruned gradually (PolynomialDecay 0 -> {cfg.sparsity:.0%} over {cfg.prune_epochs} epochs, "
-        f"then {cfg.finetune_epochs} fine-tuning): {achieved:.1%} of all weights are zero, test accuracy "
-        f"{pruned_acc:.1%} ({timings['prune']:.1f} s)")
+    say(f"[2/4] pruned while training: PolynomialDecay 0 -> {cfg.sparsity:.0%} (first layer "
+        f"{cfg.first_layer_sparsity:.0%}) over {cfg.prune_epochs} epochs, then {cfg.finetune_epochs} epochs of "
+        f"fine-tuning: {achieved:.1%} of all weights are zero, test accuracy {pruned_acc:.1%} "
+        f"({timings['prune']:.1f} s)")
 
     # 3. conversion to sparse layers
     t0 = time.perf_counter()
     with _progress(1, "3/4 convert", progress) as bar:
-        sparse = convert(model, format="auto", batch_sizes=(1,))
+        sparse = sparsekit.convert(model, format="auto", batch_sizes=(1,))
         bar.update(1)
     sparse_acc = _accuracy(sparse, xte, yte)
     with torch.inference_mode():
