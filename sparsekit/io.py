@@ -227,7 +227,7 @@ def _check_layer_meta(name: str, meta: Any, path: str) -> dict:
     block = _int_list(meta.get("block"), 2, f"{where}: block", 1)
     if any(s not in BLOCK_SIDES for s in block):
         raise ValueError(f"{where}: block sides must be in {BLOCK_SIDES}, got {block}")
-    if meta.get("activation") not in ACTIVATIONS:
+    if "activation" not in meta or meta["activation"] not in ACTIVATIONS:
         raise ValueError(f"{where}: activation {meta.get('activation')!r} is not one of {ACTIVATIONS}")
     if not isinstance(meta.get("bias"), bool):
         raise ValueError(f"{where}: bias must be true or false")
