@@ -153,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--block", type=int, nargs=2, default=[4, 1])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="torch threads for training (1 is the most predictable on a shared machine)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.quick:
@@ -160,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         args.size, args.width, args.epochs, args.finetune_epochs, args.threads, args.rounds = 16, 8, 0, 0, [1], 1
         torch.set_num_threads(1)
     torch.manual_seed(0)
+    torch.set_num_threads(args.train_threads)
     Xtr, ytr, Xte, yte = load_digits(args.size)
     if args.quick:
         Xtr, ytr, Xte, yte = Xtr[:128], ytr[:128], Xte[:64], yte[:64]

@@ -115,12 +115,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="torch threads for training (1 is the most predictable on a shared machine)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.n_samples, args.batches, args.threads, args.rounds = 0, 300, [1], [1], 2
         torch.set_num_threads(1)
     torch.manual_seed(0)
+    torch.set_num_threads(args.train_threads)
     data = make_data(args.n_samples, 1000)
     model = make_model()
     t0 = time.time()
