@@ -257,7 +257,7 @@ class SparseLinear(_SparseBase):
         >>> from sparsekit.nn import SparseLinear
         >>> dense = torch.nn.Linear(16, 8)
         >>> with torch.no_grad():
-        ...     dense.weight.mul_(torch.rand(8, 16) > 0.8)
+        ...     _ = dense.weight.mul_(torch.rand(8, 16) > 0.8)
         >>> layer = SparseLinear.from_dense(dense)
         >>> x = torch.randn(3, 16)
         >>> with torch.no_grad():
