@@ -37,10 +37,13 @@ def test_demo_quick_end_to_end():
     print(f"sparsekit demo --quick took {wall:.1f} s wall")  # shown with -s; the budget is 30 s on 2 idle cores
 
 
-def test_demo_result_is_consistent():
+def test_demo_result_is_consistent(capsys):
     out = io.StringIO()
-    r = run_demo(TINY, progress=False, out=out)
+    r = run_demo(TINY, progress=True, out=out)
     text = out.getvalue()
+    bars = capsys.readouterr().err  # progress bars go to stderr, results to `out`
+    for stage in ("1/4 train dense", "2/4 prune + fine-tune", "3/4 convert", "4/4 latency"):
+        assert stage in bars and stage not in text
     # the model really is pruned, converted and equal to the pruned dense model
     assert r.achieved_sparsity == pytest.approx(0.9 * (64 * 64 + 10 * 64 + 0.5 / 0.9 * 64 * 64) / (2 * 64 * 64 + 640),
                                                 abs=1e-3)
