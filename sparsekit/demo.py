@@ -13,7 +13,9 @@ Everything runs offline on scikit-learn's bundled handwritten digits (1,797
    model side by side (interleaved calls, median), and print a table of
    accuracy, stored parameters, bytes and latency.
 
-Same seed, same training run (the latency numbers are measurements and vary).
+Same seed, same training run on a given machine (bitwise the same weights; training
+uses one intra-op thread so the core count does not change them). The latency
+numbers are measurements and vary from run to run.
 
 Example:
     >>> from sparsekit.demo import DemoConfig, run_demo
@@ -292,8 +294,8 @@ def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[Tex
         f"images), seed {cfg.seed}; training on {cfg.train_threads} thread{'s' if cfg.train_threads != 1 else ''}, "
         f"timing on {info['threads']} (SIMD {info['simd']})")
 
-    # Training runs on `train_threads` (1) intra-op threads: the weights for a seed are then bitwise
-    # the same on any machine, and a busy machine does not stall a 2-thread team at every small op.
+    # Training runs on `train_threads` (1) intra-op threads: the weights for a seed then do not depend
+    # on the core count, and a busy machine does not stall a 2-thread team at every small op.
     # What is measured (conversion and latency) uses the normal thread count.
     # 1. dense training
     t0 = time.perf_counter()
