@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -159,7 +158,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.n_samples, args.n_features, args.n_informative, args.hidden = 500, 40, 20, 64
-        args.batch_size, args.scale = 128, 0.02
+        args.batch_size, args.scale = 128, 0.01
         if args.sparsities == list(SPARSITIES):
             args.sparsities = [0.0, 0.5, 0.9]
         if args.seeds == [0, 1, 2]:
@@ -186,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> List[Dict[str, float]]:
             r = run_one(data, s, seed, hidden=args.hidden, batch_size=args.batch_size, lr=args.lr,
                         begin=begin, end=end, frequency=frequency, total_steps=total)
             results.append(r)
+            if args.json:  # keep partial results if the sweep is interrupted
+                with open(args.json, "w") as fh:
+                    json.dump({"args": vars(args), "runs": results}, fh, indent=1)
             print(f"  s={s:<5g} seed={seed}: train {r['train_loss']:.4e}  val {r['val_loss']:.4e}  "
                   f"achieved {r['achieved_sparsity']:.4f}  ({time.time() - t0:.0f}s)", flush=True)
     rows = summarize(results, args.sparsities)

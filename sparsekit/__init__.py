@@ -13,16 +13,59 @@ from sparsekit._runtime import cpu_info, get_num_threads, set_num_threads, use_s
 from sparsekit.formats import SparseMatrix, from_scipy
 from sparsekit.kernels import linear, matmul
 
+from sparsekit import nn  # noqa: E402  (after the kernels it wraps)
+from sparsekit.convert import ConversionReport, convert
+from sparsekit.io import load, save
+from sparsekit.prune import (
+    L1,
+    L2,
+    ConstantSparsity,
+    Criterion,
+    ElasticNet,
+    GroupLasso,
+    PolynomialDecay,
+    Pruner,
+    finetune,
+    iterative_prune,
+    make_permanent,
+    prune,
+    shrink,
+    sparsity_report,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
-    "SparseMatrix",
+    # environment
     "cpu_info",
-    "from_scipy",
     "get_num_threads",
-    "linear",
-    "matmul",
     "set_num_threads",
     "use_simd",
+    # formats and kernels
+    "SparseMatrix",
+    "from_scipy",
+    "linear",
+    "matmul",
+    # pruning and fine-tuning
+    "prune",
+    "Pruner",
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "Criterion",
+    "sparsity_report",
+    "make_permanent",
+    "finetune",
+    "iterative_prune",
+    "shrink",
+    "L1",
+    "L2",
+    "ElasticNet",
+    "GroupLasso",
+    # conversion and inference
+    "nn",
+    "convert",
+    "ConversionReport",
+    "save",
+    "load",
 ]

@@ -27,6 +27,20 @@ SIMD_LEVELS = ("scalar", "avx2", "avx512", "neon")
 
 _lock = threading.Lock()
 _num_threads: int | None = None
+_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    # GNU libgomp cannot start a parallel region in a child forked after the parent
+    # used one (the child deadlocks; plain torch does too). Forked children, such as
+    # DataLoader workers, therefore run sparsekit's kernels on one thread. Results are
+    # bitwise the same; only speed differs. Spawned processes are unaffected.
+    global _forked_child
+    _forked_child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _apply_env_simd() -> None:
@@ -77,18 +91,21 @@ def get_num_threads() -> int:
         >>> sparsekit.get_num_threads() == torch.get_num_threads()
         True
     """
+    if _forked_child:
+        return 1
     n = _num_threads
     return n if n is not None else max(1, torch.get_num_threads())
 
 
 def resolve_threads(threads: int | None) -> int:
+    """Validates a per-call thread count; ``None`` means :func:`get_num_threads`."""
     if threads is None:
         return get_num_threads()
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
-    return threads
+    return 1 if _forked_child else threads
 
 
 def simd_level() -> str:

@@ -198,12 +198,16 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     if not sep or not module_name or not attr:
         raise UsageError(f"--factory {spec!r} must look like package.module:function")
     cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
         sys.path.insert(0, cwd)
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or anything the module raises while importing
         raise CLIError(f"cannot import factory module {module_name!r}: {_one_line(exc)}") from exc
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise CLIError(f"factory {spec!r}: {getattr(obj, '__name__', obj)!s} has no attribute {part!r}")
@@ -375,6 +379,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        import sklearn.datasets  # noqa: F401  (the demo's built-in data ships with scikit-learn)
+    except ImportError as exc:
+        raise CLIError("the demo's dataset ships with scikit-learn, which is not installed: "
+                       "pip install scikit-learn") from exc
     from sparsekit import demo
 
     return demo.run_cli(quick=args.quick, seed=args.seed, progress=not args.no_progress)
@@ -385,7 +394,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     _check_output(args.output, args.model)
     import torch
 
-    from sparsekit.prune import make_permanent, prune, sparsity_report
+    import sparsekit
 
     exclude = args.exclude or None
     kwargs = dict(method=args.method, granularity=args.granularity, scope=args.scope, exclude=exclude,
@@ -398,10 +407,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         target, pairs = loaded.model, []
     try:
         with torch.no_grad():
-            prune(target, args.sparsity, **kwargs)
+            sparsekit.prune(target, args.sparsity, **kwargs)
     except (TypeError, ValueError) as exc:
         raise UsageError(_one_line(exc)) from exc
-    make_permanent(target)
+    sparsekit.make_permanent(target)
     if loaded.kind == "torchscript":
         with torch.no_grad():
             for script_layer, layer in pairs:
@@ -421,7 +430,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         report_kwargs["block"] = args.granularity
     elif ":" in str(args.granularity):
         report_kwargs["nm"] = args.granularity
-    report = sparsity_report(target, **report_kwargs)
+    report = sparsekit.sparsity_report(target, **report_kwargs)
     print(report)
     total = report.total
     print(f"\npruned {total['numel'] - total['nnz']:,} of {total['numel']:,} weights "
@@ -442,15 +451,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                          "state_dict and --factory package.module:function that builds the model")
     loaded = load_model(args.model, args.factory, args.factory_kwargs)
     _check_output(args.output, args.model)
-    from sparsekit.convert import convert
-    from sparsekit.io import save
+    import sparsekit
 
     try:
-        converted = convert(loaded.model, format=args.format)
+        converted = sparsekit.convert(loaded.model, format=args.format)
     except (TypeError, ValueError) as exc:
         raise UsageError(_one_line(exc)) from exc
     try:
-        save(converted, args.output)
+        sparsekit.save(converted, args.output)
     except Exception as exc:
         raise CLIError(f"cannot write {args.output}: {_one_line(exc)}") from exc
     print(_decisions_table(converted))
@@ -467,19 +475,18 @@ def _decisions_table(converted: Any) -> str:
     return str(summary) if summary is not None else "(no conversion summary)"
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def _bench_module() -> Any:
     if importlib.util.find_spec("sparsekit.bench") is None:
         raise CLIError("the benchmark report (sparsekit.bench) is not part of this installation")
     from sparsekit import bench
 
-    argv: List[str] = []
-    if args.quick:
-        argv.append("--quick")
-    if args.full:
-        argv.append("--full")
-    if args.out is not None:
-        argv += ["--out", args.out]
-    return int(bench.main(argv) or 0)
+    return bench
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    bench = _bench_module()
+    # the tokens after "bench", already validated against the report's own options
+    return int(bench.main(list(args.bench_argv)) or 0)
 
 
 # --------------------------------------------------------------------------- parser
@@ -547,12 +554,14 @@ examples:
 """ + _EXIT_NOTE
 
 _BENCH_EPILOG = """\
-Runs the benchmark report (sparse kernels against torch dense and torch.sparse,
-side by side) and prints its table; with --out, also writes the table and plots.
+Runs the benchmark report (sparsekit.bench, also `python -m sparsekit.bench`): every
+contender of a grid point is timed in interleaved rounds. Writes report.md,
+results.json and plots under --out (default ./bench-out).
 
 examples:
-  sparsekit bench --quick
-  sparsekit bench --full --out bench-report
+  sparsekit bench --quick                         # a few minutes
+  sparsekit bench --full --out bench-report       # tens of minutes
+  sparsekit bench --shapes 2048x2048 --batches 1 --sparsities 0.9 --no-targets --no-rss
 
 """ + _EXIT_NOTE
 
@@ -566,8 +575,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="keyword arguments for the factory, as a JSON object")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the ``sparsekit`` command."""
+def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
+    """The argparse parser of the ``sparsekit`` command (``with_bench_options``: load the report's options)."""
     from sparsekit import __version__
 
     fmt = argparse.RawDescriptionHelpFormatter
@@ -618,20 +627,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default: per layer, by measurement), csr, or a block RxC such as 4x1")
     p.set_defaults(func=_cmd_convert)
 
+    # The report's own options (sparsekit.bench), so `sparsekit bench --help` lists all of them;
+    # they are only loaded when the command is `bench`.
+    parents = []
+    if with_bench_options:
+        try:
+            bench = _bench_module()
+            parents = [getattr(bench, "build_parser", None) or bench._parser()]
+        except Exception:  # a broken or missing report must not break the other commands
+            parents = []
     p = sub.add_parser("bench", help="run the benchmark report",
-                       description="Benchmark sparsekit's kernels against torch (table and plots).",
-                       epilog=_BENCH_EPILOG, formatter_class=fmt)
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a few shapes, a few repeats")
-    size.add_argument("--full", action="store_true", help="every shape, sparsity and batch size")
-    p.add_argument("--out", metavar="DIR", help="directory for the report, table and plots")
+                       description="Benchmark sparsekit's kernels against torch dense, torch CSR and scipy CSR "
+                                   "side by side; print the table, write report.md, results.json and plots.",
+                       epilog=_BENCH_EPILOG, formatter_class=fmt, parents=parents,
+                       add_help=not parents, conflict_handler="resolve")
+    if not parents:
+        size = p.add_mutually_exclusive_group()
+        size.add_argument("--quick", action="store_true", help="small grid, a few minutes")
+        size.add_argument("--full", action="store_true", help="the whole grid (tens of minutes)")
+        p.add_argument("--out", metavar="DIR", help="directory for the report, table and plots")
     p.set_defaults(func=_cmd_bench)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the ``sparsekit`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    is_bench = bool(argv) and argv[0] == "bench"
+    parser = build_parser(with_bench_options=is_bench)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
@@ -641,8 +664,14 @@ def main(argv: Optional[List[str]] = None) -> int:
               "(see 'sparsekit --help')", file=sys.stderr)
         return EXIT_USAGE
     prog = f"sparsekit {args.command}"
+    args.bench_argv = argv[1:] if is_bench else []
     try:
         return int(args.func(args) or 0)
+    except SystemExit as exc:  # a delegate (the benchmark report) exiting on its own
+        if isinstance(exc.code, int) or exc.code is None:
+            return int(exc.code or 0)
+        print(f"{prog}: error: {_one_line(exc.code)}", file=sys.stderr)
+        return EXIT_USAGE
     except CLIError as exc:
         print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code

@@ -70,11 +70,11 @@ class ConversionReport:
     :class:`LayerDecision` rows; ``report["fc1"]`` looks one up by qualified name.
 
     Example:
-        >>> import torch, sparsekit.convert as skc
+        >>> import torch, sparsekit
         >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8))
         >>> with torch.no_grad():
-        ...     model[0].weight.mul_(torch.rand(8, 8) > 0.9)
-        >>> out = skc.convert(model, format="csr")
+        ...     _ = model[0].weight.mul_(torch.rand(8, 8) > 0.9)
+        >>> out = sparsekit.convert(model, format="csr")
         >>> out.sparsekit_summary["0"].format
         'csr'
     """
@@ -459,14 +459,17 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
         :class:`ConversionReport` (layer, format, density, bytes, measured speedup).
 
     Example:
-        >>> import torch, sparsekit.convert as skc
+        >>> import torch, sparsekit
         >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
         >>> with torch.no_grad():
         ...     for layer in (model[0], model[2]):
-        ...         layer.weight.mul_(torch.rand_like(layer.weight) > 0.9)
-        >>> fast = skc.convert(model, format="csr")
-        >>> fast[0]
-        SparseLinear(in_features=64, out_features=64, bias=True, block=(1, 1), density=0.100, activation='relu')
+        ...         _ = layer.weight.mul_(torch.rand_like(layer.weight) > 0.9)
+        >>> fast = sparsekit.convert(model, format="csr")
+        >>> type(fast[0]).__name__, fast[0].activation, type(fast[1]).__name__
+        ('SparseLinear', 'relu', 'Identity')
+        >>> print(fast.sparsekit_summary)  # doctest: +ELLIPSIS
+        layer  type    shape  format  density  ...
+        ...
         >>> x = torch.randn(2, 64)
         >>> with torch.no_grad():
         ...     torch.allclose(fast(x), model(x), atol=1e-5)

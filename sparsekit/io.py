@@ -80,12 +80,11 @@ def save(model: nn.Module, path: PathLike) -> None:
     The file is written to a temporary name and renamed, so a crash leaves no half file.
 
     Example:
-        >>> import os, tempfile, torch, sparsekit.io as skio
-        >>> from sparsekit.convert import convert
-        >>> model = convert(torch.nn.Sequential(torch.nn.Linear(8, 4)), format="csr")
+        >>> import os, tempfile, torch, sparsekit
+        >>> model = sparsekit.convert(torch.nn.Sequential(torch.nn.Linear(8, 4)), format="csr")
         >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
-        >>> skio.save(model, path)
-        >>> restored = skio.load(path, torch.nn.Sequential(torch.nn.Linear(8, 4)))
+        >>> sparsekit.save(model, path)
+        >>> restored = sparsekit.load(path, torch.nn.Sequential(torch.nn.Linear(8, 4)))
         >>> type(restored[0]).__name__
         'SparseLinear'
     """
@@ -227,7 +226,7 @@ def _check_layer_meta(name: str, meta: Any, path: str) -> dict:
     block = _int_list(meta.get("block"), 2, f"{where}: block", 1)
     if any(s not in BLOCK_SIDES for s in block):
         raise ValueError(f"{where}: block sides must be in {BLOCK_SIDES}, got {block}")
-    if meta.get("activation") not in ACTIVATIONS:
+    if "activation" not in meta or meta["activation"] not in ACTIVATIONS:
         raise ValueError(f"{where}: activation {meta.get('activation')!r} is not one of {ACTIVATIONS}")
     if not isinstance(meta.get("bias"), bool):
         raise ValueError(f"{where}: bias must be true or false")
@@ -300,11 +299,10 @@ def load(path: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
             fit the model (layer types, shapes, geometry).
 
     Example:
-        >>> import os, tempfile, torch, sparsekit.io as skio
-        >>> from sparsekit.convert import convert
+        >>> import os, tempfile, torch, sparsekit
         >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
-        >>> skio.save(convert(torch.nn.Linear(6, 3), format="csr"), path)
-        >>> skio.load(path, torch.nn.Linear(6, 3))
+        >>> sparsekit.save(sparsekit.convert(torch.nn.Linear(6, 3), format="csr"), path)
+        >>> sparsekit.load(path, torch.nn.Linear(6, 3))
         SparseLinear(in_features=6, out_features=3, bias=True, block=(1, 1), density=1.000)
     """
     path = _check_path(path)

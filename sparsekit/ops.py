@@ -113,26 +113,31 @@ def run_linear(x: Tensor, arrays: tuple, out_features: int, activation: int, col
         x = x.contiguous()  # contiguous input is used in place
     lead = tuple(x.shape[:-1])
     n = math.prod(lead)
-    y = np.empty((n, out_features), dtype=np.float32)  # numpy allocation is ~3x cheaper than torch.empty
+    y = np.empty(lead + (out_features,), dtype=np.float32)  # numpy allocation is ~3x cheaper than torch's
     ip, ix, vs, b = arrays
     _core.spmm(out_features, cols, block[0], block[1], ip, ix, vs, x.numpy().reshape(n, cols), b,
-               activation, y, False, _threads_for(vs.size * n))
-    return torch.from_numpy(y).view(lead + (out_features,))
+               activation, y.reshape(n, out_features), False, _threads_for(vs.size * n))
+    return torch.from_numpy(y)
 
 
 def run_matmul(x: Tensor, arrays: tuple, out_features: int, activation: int, cols: int,
                block: tuple) -> Tensor:
-    """Eager fast path for ``(N, cols, L)`` or ``(cols, L)`` input. Internal."""
-    if not x.is_contiguous():
-        x = x.contiguous()
+    """Eager fast path for ``(N, cols, L)`` or ``(cols, L)`` input. Internal.
+
+    One kernel call per sample on its ``(cols, L)`` slice, writing ``(out, L)`` straight into
+    the NCHW result (measured faster than one call on a transposed ``(cols, N * L)`` copy,
+    even for 4x4 feature maps at batch 32).
+    """
     squeeze = x.dim() == 2
     x3 = x.unsqueeze(0) if squeeze else x
     n, _, length = x3.shape
+    ip, ix, vs, b = arrays
+    r, c = block
+    if not x3.is_contiguous():
+        x3 = x3.contiguous()
     ys = np.empty((n, out_features, length), dtype=np.float32)
     xs = x3.numpy()
-    ip, ix, vs, b = arrays
     threads = _threads_for(vs.size * length)
-    r, c = block
     for i in range(n):  # one kernel call per sample: (cols, L) -> (out, L), no transposes
         _core.spmm(out_features, cols, r, c, ip, ix, vs, xs[i], b, activation, ys[i], True, threads)
     out = torch.from_numpy(ys)

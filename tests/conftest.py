@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 import sparsekit
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cwd_outside_source_tree(tmp_path_factory):
+    """Run every test from an empty directory.
+
+    Subprocesses (`python -c`, `python -m sparsekit`) put their working directory first
+    on sys.path; from the repository root that would import the source tree, which has
+    no compiled module, instead of the installed package. Refer to repository files
+    through paths relative to ``__file__``.
+    """
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
 
 
 @pytest.fixture

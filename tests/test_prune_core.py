@@ -397,3 +397,48 @@ def test_granularity_objects():
     with pytest.raises(ValueError):
         Magnitude("median")
     assert isinstance(Scores({}), Criterion)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 9), cols=st.integers(1, 13), frac=st.floats(0, 1),
+       gran=st.sampled_from(["unstructured", "channels", "inputs", (2, 3), (1, 4), (3, 1), "2:4", "1:3"]),
+       seed=st.integers(0, 3), ties=st.booleans())
+def test_property_exact_unit_count(rows, cols, frac, gran, seed, ties):
+    g = parse_granularity(gran)
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=gen)
+    if ties:
+        w = w.round()  # many equal magnitudes, zeros included
+    n = g.n_units(w.shape)
+    cap = g.capacity(w.shape) if isinstance(g, NM) else n
+    k = min(round(frac * n), cap)
+    layer = nn.Linear(cols, rows)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    mask = prune(layer, k, granularity=gran)["weight"]
+    units = g.units_pruned(mask)
+    assert int(units.sum()) == k and torch.equal(g.expand(~units, mask.shape), mask)
+    # the pruned units never outscore a kept one (ties: lower index goes first)
+    scores = g.unit_scores(w.abs().double(), "mean")
+    if k and k < n and not isinstance(g, NM):
+        assert scores[units].max() <= scores[~units].min()
+    layer2 = nn.Linear(cols, rows)
+    with torch.no_grad():
+        layer2.weight.copy_(w)
+    assert torch.equal(prune(layer2, k, granularity=gran)["weight"], mask)
+
+
+def test_global_nm_with_layer_bounds():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4), nn.Linear(8, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(10)
+    masks = prune(model, 0.4, granularity="2:4", scope="global", min_sparsity=0.25)
+    n0, n1 = int((~masks["0.weight"]).sum()), int((~masks["1.weight"]).sum())
+    assert n0 + n1 == round(0.4 * 64) and n0 >= 8 and n1 <= 16
+    for m in masks.values():
+        assert torch.all(m.reshape(4, 2, 4).sum(-1) >= 2)

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-import sparsekit.prune as skp
+import sys
+
+import sparsekit
 from sparsekit.prune import get_mask, make_permanent, prune, sparsity_report
 from sparsekit.prune.report import csr_nbytes
 
@@ -109,10 +111,13 @@ def test_make_permanent_removes_everything_of_ours():
 
 
 def test_package_is_callable_and_lists_public_names():
+    skp = sys.modules["sparsekit.prune"]  # the subpackage, even if sparsekit.prune is re-exported as the function
     model = nn.Linear(8, 8)
     masks = skp(model, 0.25)
+    assert int((~sparsekit.prune(nn.Linear(8, 8), 0.5)["weight"]).sum()) == 32
     assert int((~masks["weight"]).sum()) == 16
     assert "prune" in skp.__all__ and all(hasattr(skp, n) for n in skp.__all__)
     import inspect
+    assert inspect.signature(skp) == inspect.signature(sparsekit.prune) == inspect.signature(prune)
     assert list(inspect.signature(skp).parameters)[:7] == ["model", "sparsity", "method", "granularity", "scope",
                                                           "include", "exclude"]

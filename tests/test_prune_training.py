@@ -319,3 +319,29 @@ def _check_ranks(r0, r1):
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k])
     assert torch.all(r0["state"]["0.weight"][~r0["masks"]["0.weight"]] == 0)
+
+
+def test_weights_read_by_a_parent_module_are_enforced():
+    """MultiheadAttention reads out_proj.weight without calling out_proj: the model-level hook covers it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8))
+    model.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+    model.forward = lambda x: model.attn(model[0](x), x, x, need_weights=False)[0]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(2, 3, 8)
+    for _ in range(2):  # dense momentum first
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    masks = prune(model, 0.5)
+    assert "attn.out_proj.weight" in masks
+    seen = {}
+    model.attn.register_forward_pre_hook(lambda m, a: seen.__setitem__("w", m.out_proj.weight.detach().clone()))
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    opt.step()  # stale momentum moves pruned out_proj weights ...
+    assert torch.any(model.attn.out_proj.weight[~masks["attn.out_proj.weight"]] != 0)
+    model(x)  # ... and the next forward of the model zeroes them before attention reads them
+    assert torch.all(seen["w"][~masks["attn.out_proj.weight"]] == 0)
+    make_permanent(model)
+    assert not any(len(m._forward_pre_hooks) > (1 if m is model.attn else 0) for m in model.modules())

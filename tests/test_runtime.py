@@ -115,3 +115,48 @@ def test_one_openmp_runtime_in_either_import_order(order):
     info = json.loads(proc.stdout)
     if info["openmp"]:
         assert len(info["openmp_runtimes"]) == 1, info["openmp_runtimes"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_runs_kernels_without_deadlock():
+    # libgomp deadlocks a forked child that starts a parallel region after the parent
+    # used one; sparsekit runs single-threaded in forked children instead.
+    proc = run_python(
+        """
+        import os, numpy as np, torch, sparsekit
+        m = sparsekit.SparseMatrix.from_dense(np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32))
+        x = torch.randn(64, 512)
+        y0 = sparsekit.linear(x, m, threads=2)
+        pid = os.fork()
+        if pid == 0:
+            ok = torch.equal(sparsekit.linear(x, m, threads=2), y0) and sparsekit.get_num_threads() == 1
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0"
+
+
+def test_dataloader_fork_workers_use_sparsekit():
+    proc = run_python(
+        """
+        import numpy as np, torch, sparsekit
+        m = sparsekit.SparseMatrix.from_dense(np.eye(256, dtype=np.float32))
+        sparsekit.linear(torch.randn(64, 256), m, threads=2)
+
+        class DS(torch.utils.data.Dataset):
+            def __len__(self):
+                return 8
+            def __getitem__(self, i):
+                x = torch.full((4, 256), float(i))
+                return sparsekit.linear(x, m, threads=2).sum()
+
+        loader = torch.utils.data.DataLoader(DS(), batch_size=2, num_workers=2,
+                                             multiprocessing_context="fork")
+        print(sum(float(b.sum()) for b in loader))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.strip()) == sum(4 * 256 * i for i in range(8))

@@ -87,7 +87,14 @@ class Criterion:
 
 
 class Magnitude(Criterion):
-    """``|w|``; structured units use the ``reduce`` of ``|w|`` (``"mean"`` or ``"max"``)."""
+    """``|w|``; structured units use the ``reduce`` of ``|w|`` (``"mean"`` or ``"max"``).
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Magnitude
+        >>> Magnitude().compute_mask(torch.tensor([[0.1, -2.0, 0.5, -0.3]]), 0.5).tolist()
+        [[False, True, True, False]]
+    """
 
     def __init__(self, reduce: str = "mean") -> None:
         if reduce not in ("mean", "max", "sum", "l1", "l2"):
@@ -102,7 +109,15 @@ class Magnitude(Criterion):
 
 
 class LnNorm(Criterion):
-    """L1 (``p=1``) or L2 (``p=2``) norm of each unit (row, filter, block)."""
+    """L1 (``p=1``) or L2 (``p=2``) norm of each unit (row, filter, block).
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import LnNorm
+        >>> w = torch.tensor([[3.0, 4.0], [5.0, 0.0], [1.0, 1.0]])  # L2 row norms 5, 5, 1.41
+        >>> LnNorm(2).compute_mask(w, 1, granularity="channels").all(dim=1).tolist()
+        [True, True, False]
+    """
 
     def __init__(self, p: int = 2) -> None:
         if p not in (1, 2):
@@ -118,7 +133,15 @@ class LnNorm(Criterion):
 
 
 class Random(Criterion):
-    """Uniform random scores, reproducible from ``seed``, the parameter name and the step."""
+    """Uniform random scores, reproducible from ``seed``, the parameter name and the step.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Random
+        >>> w = torch.ones(4, 4)
+        >>> torch.equal(Random(1).compute_mask(w, 0.5), Random(1).compute_mask(w, 0.5))
+        True
+    """
 
     def __init__(self, seed: int = 0) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -209,7 +232,18 @@ class Taylor(_GradientCriterion):
 
 
 class Movement(_GradientCriterion):
-    """Movement pruning: ``S = sum over steps of -w * dL/dw`` (weights moving away from zero score high)."""
+    """Movement pruning: ``S = sum over steps of -w * dL/dw`` (weights moving away from zero score high).
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Movement
+        >>> w = torch.nn.Parameter(torch.tensor([[1.0, 1.0]]))
+        >>> w.grad = torch.tensor([[-1.0, 1.0]])  # SGD grows the first weight, shrinks the second
+        >>> crit = Movement()
+        >>> crit.accumulate([("w", w)])
+        >>> crit.compute_mask(w, 1, name="w").tolist()
+        [[True, False]]
+    """
 
     def _term(self, w: Tensor, g: Tensor) -> Tensor:
         return -(w * g)
@@ -217,7 +251,15 @@ class Movement(_GradientCriterion):
 
 class Scores(Criterion):
     """User-supplied importance per parameter: a mapping from ``"layer.weight"``
-    (or the module name ``"layer"``) to a tensor shaped like the weight."""
+    (or the module name ``"layer"``) to a tensor shaped like the weight.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Scores, prune
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 1))
+        >>> prune(model, 1, method=Scores({"0": torch.tensor([[3.0, 1.0, 2.0]])}))["0.weight"].tolist()
+        [[True, False, True]]
+    """
 
     def __init__(self, scores: Mapping[str, Tensor], reduce: str = "mean") -> None:
         if not isinstance(scores, Mapping):
@@ -245,7 +287,13 @@ CriterionLike = Union[str, Criterion, Mapping[str, Tensor]]
 
 def make_criterion(method: CriterionLike, *, reduce: str = "mean", norm: int = 2, seed: int = 0) -> Criterion:
     """Build a criterion from ``"magnitude"``, ``"random"``, ``"ln"`` (``"l1"``,
-    ``"l2"``), ``"taylor"``, ``"movement"``, a mapping of scores, or pass a Criterion through."""
+    ``"l2"``), ``"taylor"``, ``"movement"``, a mapping of scores, or pass a Criterion through.
+
+    Example:
+        >>> from sparsekit.prune import make_criterion
+        >>> make_criterion("l1"), make_criterion("magnitude", reduce="max")
+        (LnNorm(p=1), Magnitude(reduce='max'))
+    """
     if isinstance(method, Criterion):
         return method
     if isinstance(method, Mapping):

@@ -81,7 +81,14 @@ class History:
     """What :func:`finetune` did: one dict per epoch (``epoch``, ``train_loss``,
     ``val_loss``, ``metric``, ``sparsity``, ``steps``, ``seconds``), plus the best
     epoch of the monitored value and whether training stopped early.
-    ``history["val_loss"]`` gives the list of one key over epochs."""
+    ``history["val_loss"]`` gives the list of one key over epochs.
+
+    Example:
+        >>> from sparsekit.prune import History
+        >>> h = History(epochs=[{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.4}])
+        >>> h["val_loss"], len(h)
+        ([0.5, 0.4], 2)
+    """
 
     epochs: List[Dict[str, float]] = field(default_factory=list)
     monitor: str = "val_loss"

@@ -53,7 +53,15 @@ def _reduce(x: Tensor, dims: Tuple[int, ...], reduce: str, valid: Optional[Tenso
 
 
 class Granularity:
-    """Base class.  Subclasses define the unit structure of a 2-D weight view."""
+    """Base class.  Subclasses define the unit structure of a 2-D weight view.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Blocks
+        >>> g = Blocks(2, 2)
+        >>> g.n_units(torch.Size([4, 6])), g.unit_scores(torch.arange(24.).reshape(4, 6), "max").tolist()
+        (6, [7.0, 9.0, 11.0, 19.0, 21.0, 23.0])
+    """
 
     name = "granularity"
 
@@ -86,7 +94,14 @@ class Granularity:
 
 
 class Unstructured(Granularity):
-    """Each weight is its own unit."""
+    """Each weight is its own unit.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Unstructured
+        >>> Unstructured().n_units(torch.Size([3, 4]))
+        12
+    """
 
     name = "unstructured"
 
@@ -106,7 +121,14 @@ class Unstructured(Granularity):
 
 
 class Channels(Granularity):
-    """Whole output rows (Linear) or filters (Conv): row ``i`` of the 2-D view."""
+    """Whole output rows (Linear) or filters (Conv): row ``i`` of the 2-D view.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Channels
+        >>> Channels().expand(torch.tensor([True, False]), torch.Size([2, 3])).tolist()
+        [[True, True, True], [False, False, False]]
+    """
 
     name = "channels"
 
@@ -122,7 +144,14 @@ class Channels(Granularity):
 
 
 class Inputs(Granularity):
-    """Whole input features (Linear columns) or input channels (Conv, all kernel taps)."""
+    """Whole input features (Linear columns) or input channels (Conv, all kernel taps).
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Inputs
+        >>> Inputs().expand(torch.tensor([True, False, True]), torch.Size([2, 3])).int().tolist()
+        [[1, 0, 1], [1, 0, 1]]
+    """
 
     name = "inputs"
 
@@ -147,7 +176,14 @@ class Inputs(Granularity):
 
 class Blocks(Granularity):
     """``(r, c)`` blocks of the 2-D view, aligned at (0, 0) like the block-CSR
-    kernels; edge blocks of shapes the block does not divide are partial."""
+    kernels; edge blocks of shapes the block does not divide are partial.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Blocks
+        >>> Blocks(2, 2).expand(torch.tensor([True, False]), torch.Size([2, 3])).int().tolist()
+        [[1, 1, 0], [1, 1, 0]]
+    """
 
     name = "blocks"
 
@@ -196,6 +232,13 @@ class NM(Granularity):
     (a trailing partial group of length ``L`` allows ``max(L - n, 0)``), so
     the sparsity may not exceed that capacity, and a target of ``(m - n) / m``
     on a row length divisible by ``m`` gives exactly the N:M pattern.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Magnitude
+        >>> w = torch.tensor([[4.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 4.0]])
+        >>> Magnitude().compute_mask(w, 0.5, granularity="2:4").int().tolist()
+        [[1, 1, 0, 0, 0, 0, 1, 1]]
     """
 
     name = "n:m"

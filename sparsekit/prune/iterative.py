@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ._validation import check_fraction, check_int
 from .criteria import CriterionLike, _GradientCriterion, make_criterion
@@ -22,7 +22,13 @@ __all__ = ["iterative_prune", "IterativeResult", "Round"]
 
 @dataclass
 class Round:
-    """One round: target sparsity, validation results after fine-tuning, and the decision."""
+    """One round: target sparsity, validation results after fine-tuning, and the decision.
+
+    Example:
+        >>> from sparsekit.prune import Round
+        >>> Round(1, 0.5, 0.02, None, True).accepted
+        True
+    """
 
     index: int
     sparsity: float
@@ -34,7 +40,15 @@ class Round:
 
 @dataclass
 class IterativeResult:
-    """Outcome of :func:`iterative_prune`: the model holds the best accepted round."""
+    """Outcome of :func:`iterative_prune`: the model holds the best accepted round.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import IterativeResult, Round
+        >>> res = IterativeResult(torch.nn.Linear(2, 2), 0.5, 0.1, None, [Round(1, 0.5, 0.1, None, True)], "done")
+        >>> print(str(res).splitlines()[-1])
+        kept sparsity 0.5000 (done)
+    """
 
     model: nn.Module
     sparsity: float

@@ -84,6 +84,24 @@ class _MaskEnforcer:
                 _sync_param(module, pn, st)
 
 
+class _RootEnforcer:
+    """Forward pre-hook on the pruned model: syncs every masked parameter below it, so weights that a
+    parent reads directly (e.g. ``MultiheadAttention.out_proj.weight``) are enforced too."""
+
+    def __call__(self, root: nn.Module, args: tuple) -> None:
+        for module in root.modules():
+            state = module.__dict__.get(_STATE)
+            if state is not None:
+                for pn, st in state.params.items():
+                    _sync_param(module, pn, st)
+
+
+def enforce_on_forward(model: nn.Module) -> None:
+    """Register (once) the root-level enforcement hook on ``model``."""
+    if not any(isinstance(h, _RootEnforcer) for h in model._forward_pre_hooks.values()):
+        model.register_forward_pre_hook(_RootEnforcer())
+
+
 def _sync_param(module: nn.Module, pn: str, st: _ParamState, force: bool = False) -> None:
     p = module._parameters[pn]
     mask = module._buffers[mask_buffer_name(pn)]
@@ -219,6 +237,8 @@ def make_permanent(model: nn.Module) -> nn.Module:
         if state is not None:
             for pn in list(state.params):
                 detach_mask(module, pn, bake=True)
+        for k in [k for k, h in module._forward_pre_hooks.items() if isinstance(h, _RootEnforcer)]:
+            del module._forward_pre_hooks[k]
         for k in list(module._forward_pre_hooks):
             h = module._forward_pre_hooks.get(k)
             if isinstance(h, torch_prune.BasePruningMethod):

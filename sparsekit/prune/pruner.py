@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from ._validation import Amount, check_amount, check_fraction, units_to_prune
 from .criteria import Criterion, CriterionLike, make_criterion
 from .granularity import GranularityLike, parse_granularity
-from .masks import apply_masks, attach_mask, get_mask, zero_optimizer_state
-from .ranking import select_global, select_layer, unit_scores
+from .masks import apply_masks, attach_mask, enforce_on_forward, get_mask, zero_optimizer_state
+from .ranking import select_global, unit_scores
 from .schedules import as_schedule
 from .selection import Selector, Target, select_targets, unwrap
 
@@ -133,6 +133,7 @@ class _Engine:
         out = {}
         for t in self.targets:
             out[t.name] = attach_mask(t.module, t.param_name, masks[t.name])
+        enforce_on_forward(unwrap(self.model))
         return out
 
 
@@ -277,7 +278,7 @@ class Pruner:
 
     def step(self) -> bool:
         """Advance one step (call after ``optimizer.step()``); returns True if the masks changed."""
-        self.criterion.accumulate(self.model)
+        self.criterion.accumulate([(t.name, t.module._parameters[t.param_name]) for t in self._engine.targets])
         self._step += 1
         return self._maybe_update()
 

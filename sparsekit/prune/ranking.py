@@ -18,8 +18,8 @@ from .granularity import Granularity
 
 def unit_scores(element_scores: Tensor, granularity: Granularity, reduce: str, shape: torch.Size,
                 prior_mask: Optional[Tensor], regrow: bool, where: str) -> Tuple[Tensor, Optional[Tensor]]:
-    """Per-unit float64 scores (previously pruned units at ``-inf`` unless
-    ``regrow``) and the N:M eligibility vector (or None)."""
+    """Per-unit scores (float32, or float64 for float64 input; previously pruned
+    units at ``-inf`` unless ``regrow``) and the N:M eligibility vector (or None)."""
     if not isinstance(element_scores, Tensor):
         raise TypeError(f"importance scores for {where} must be a torch.Tensor, got {type(element_scores).__name__}")
     if tuple(element_scores.shape) != tuple(shape):
@@ -27,7 +27,8 @@ def unit_scores(element_scores: Tensor, granularity: Granularity, reduce: str, s
             f"importance scores for {where} have shape {tuple(element_scores.shape)}, "
             f"expected the weight's shape {tuple(shape)}"
         )
-    s = element_scores.detach().to(device="cpu", dtype=torch.float64)
+    s = element_scores.detach().to(device="cpu")
+    s = s.to(torch.float64) if s.dtype == torch.float64 else s.to(torch.float32)  # exact for fp16/bf16/fp32
     if torch.isnan(s).any():
         raise ValueError(f"importance scores for {where} contain NaN; check the weights/gradients fed to the criterion")
     u = granularity.unit_scores(s, reduce).reshape(-1).clone()
@@ -36,6 +37,27 @@ def unit_scores(element_scores: Tensor, granularity: Granularity, reduce: str, s
         u[pruned] = -math.inf
     eligible = granularity.eligible(u, shape)
     return u, eligible
+
+
+def lowest_k(scores: Tensor, k: int) -> Tensor:
+    """Bool mask of the ``k`` lowest entries by ``(score, index)`` in O(n).
+
+    Same answer as a stable ascending sort taking the first ``k``: everything below
+    the k-th smallest value, then the lowest-index entries equal to it.
+    """
+    n = scores.numel()
+    out = torch.zeros(n, dtype=torch.bool)
+    if k <= 0:
+        return out
+    if k >= n:
+        out[:] = True
+        return out
+    v = torch.kthvalue(scores, k).values
+    out = scores < v
+    need = k - int(out.sum())
+    if need > 0:
+        out[torch.nonzero(scores == v).reshape(-1)[:need]] = True
+    return out
 
 
 def _ordered_candidates(scores: Tensor, eligible: Optional[Tensor]) -> Tensor:
@@ -47,14 +69,17 @@ def _ordered_candidates(scores: Tensor, eligible: Optional[Tensor]) -> Tensor:
 
 def select_layer(scores: Tensor, eligible: Optional[Tensor], k: int, where: str) -> Tensor:
     """Bool vector: the ``k`` lowest-scoring eligible units."""
-    cand = _ordered_candidates(scores, eligible)
-    if k > cand.numel():
+    idx = None if eligible is None else torch.nonzero(eligible).reshape(-1)
+    n_cand = scores.numel() if idx is None else idx.numel()
+    if k > n_cand:
         raise ValueError(
-            f"cannot prune {k} units of {where}: only {cand.numel()} may be pruned with this granularity "
+            f"cannot prune {k} units of {where}: only {n_cand} may be pruned with this granularity "
             "(an N:M pattern caps the sparsity at (M - N) / M); lower the sparsity"
         )
+    if idx is None:
+        return lowest_k(scores, k)
     prune = torch.zeros(scores.numel(), dtype=torch.bool)
-    prune[cand[:k]] = True
+    prune[idx[lowest_k(scores[idx], k)]] = True
     return prune
 
 
@@ -66,6 +91,9 @@ def select_global(layers: Sequence[Tuple[Tensor, Optional[Tensor]]], k: int,
     the globally lowest remaining candidates, a layer taking at most ``hi``.
     This equals the greedy walk over the global (score, layer, index) order.
     """
+    n_elig = [s.numel() if e is None else int(e.sum()) for s, e in layers]
+    if all(l == 0 for l in lo) and all(h >= n for h, n in zip(hi, n_elig)):
+        return _select_global_unbounded(layers, k)
     ordered = [_ordered_candidates(s, e) for s, e in layers]
     caps = [min(h, o.numel()) for h, o in zip(hi, ordered)]
     for name, l, c, h, o in zip(names, lo, caps, hi, ordered):
@@ -100,4 +128,27 @@ def select_global(layers: Sequence[Tuple[Tensor, Optional[Tensor]]], k: int,
         for i in range(len(layers)):
             sel = take[layer[take] == i]
             out[i][ids[sel]] = True
+    return out
+
+
+def _select_global_unbounded(layers: Sequence[Tuple[Tensor, Optional[Tensor]]], k: int) -> List[Tensor]:
+    """Global selection without per-layer bounds: one O(n) pass over the concatenation."""
+    parts, ids = [], []
+    for s, e in layers:
+        idx = torch.arange(s.numel()) if e is None else torch.nonzero(e).reshape(-1)
+        parts.append(s[idx])
+        ids.append(idx)
+    total = sum(p.numel() for p in parts)
+    if k > total:
+        raise ValueError(
+            f"global sparsity asks to prune {k} units, but only {total} may be pruned with this granularity; "
+            "lower the sparsity"
+        )
+    chosen = lowest_k(torch.cat(parts), k)
+    out, offset = [], 0
+    for (s, _), idx in zip(layers, ids):
+        p = torch.zeros(s.numel(), dtype=torch.bool)
+        p[idx[chosen[offset:offset + idx.numel()]]] = True
+        offset += idx.numel()
+        out.append(p)
     return out

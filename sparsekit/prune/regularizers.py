@@ -9,7 +9,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 
-from .granularity import Blocks, Channels, GranularityLike, Inputs, Unstructured, parse_granularity, view2d
+from .granularity import Blocks, Channels, GranularityLike, Inputs, parse_granularity, view2d
 from .selection import Selector, select_targets
 
 __all__ = ["Regularizer", "L1", "L2", "ElasticNet", "GroupLasso"]
@@ -25,7 +25,20 @@ def _check_strength(v: object, name: str) -> float:
 
 class Regularizer:
     """Base class: ``reg(model)`` sums :meth:`penalty` over the selected weights
-    (by default Linear/Conv weights; ``include``/``exclude``/``param_names`` as in ``prune``)."""
+    (by default Linear/Conv weights; ``include``/``exclude``/``param_names`` as in ``prune``).
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import Regularizer
+        >>> class MaxAbs(Regularizer):
+        ...     def penalty(self, weight):
+        ...         return weight.abs().max()
+        >>> layer = torch.nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[0.5, -2.0]]))
+        >>> MaxAbs()(layer).item()
+        2.0
+    """
 
     def __init__(self, include: Selector = None, exclude: Selector = None,
                  param_names: Sequence[str] = ("weight",)) -> None:
@@ -69,7 +82,17 @@ class L1(Regularizer):
 
 
 class L2(Regularizer):
-    """``strength * sum w**2`` (no 1/2 factor)."""
+    """``strength * sum w**2`` (no 1/2 factor).
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import L2
+        >>> layer = torch.nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[1.0, -3.0]]))
+        >>> L2(0.5)(layer).item()
+        5.0
+    """
 
     def __init__(self, strength: float, **kw) -> None:
         super().__init__(**kw)
@@ -80,7 +103,17 @@ class L2(Regularizer):
 
 
 class ElasticNet(Regularizer):
-    """``l1 * sum |w| + l2 * sum w**2``."""
+    """``l1 * sum |w| + l2 * sum w**2``.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import ElasticNet
+        >>> layer = torch.nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[1.0, -3.0]]))
+        >>> ElasticNet(l1=1.0, l2=0.1)(layer).item()
+        5.0
+    """
 
     def __init__(self, l1: float, l2: float, **kw) -> None:
         super().__init__(**kw)

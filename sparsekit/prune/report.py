@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -20,7 +19,13 @@ _REPORT_TYPES = DEFAULT_TYPES + (nn.Embedding, nn.ConvTranspose1d, nn.ConvTransp
 
 def csr_nbytes(rows: int, cols: int, nnz_blocks: int, block: Tuple[int, int] = (1, 1)) -> int:
     """Bytes of a (block) CSR matrix: float32 values, uint16 column indices when the
-    block-column count fits (else int32), int64 row pointers."""
+    block-column count fits (else int32), int64 row pointers.
+
+    Example:
+        >>> from sparsekit.prune.report import csr_nbytes
+        >>> csr_nbytes(4, 8, nnz_blocks=3)  # 3 * (4 + 2) + 5 * 8
+        58
+    """
     r, c = block
     block_rows, block_cols = -(-rows // r), -(-cols // c)
     index_bytes = 2 if block_cols <= 65536 else 4
@@ -29,7 +34,15 @@ def csr_nbytes(rows: int, cols: int, nnz_blocks: int, block: Tuple[int, int] = (
 
 @dataclass
 class LayerReport:
-    """One row of a :class:`Report` (all counts refer to the 2-D view ``(out, in*k...)``)."""
+    """One row of a :class:`Report` (all counts refer to the 2-D view ``(out, in*k...)``).
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import sparsity_report
+        >>> row = sparsity_report(torch.nn.Linear(4, 2, bias=False))[""]
+        >>> row.shape, row.numel, row.dense_bytes
+        ((2, 4), 8, 32)
+    """
 
     name: str
     type: str
@@ -51,7 +64,15 @@ class LayerReport:
 
 @dataclass
 class Report:
-    """Per-layer rows and totals; ``str()`` is a table, :meth:`to_dict` gives plain data."""
+    """Per-layer rows and totals; ``str()`` is a table, :meth:`to_dict` gives plain data.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import sparsity_report
+        >>> rep = sparsity_report(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
+        >>> [r.name for r in rep], rep.to_dict()["total"]["numel"]
+        (['0', '1'], 24)
+    """
 
     layers: List[LayerReport]
     total: Dict[str, Union[int, float]]

@@ -28,6 +28,17 @@ class Schedule:
     Masks update when ``begin_step <= step <= end_step`` (``end_step=-1``: no
     end) and ``(step - begin_step) % frequency == 0``, exactly like
     ``tfmot.sparsity.keras.PruningSchedule``.
+
+    Example:
+        >>> from sparsekit.prune import Schedule
+        >>> class Step(Schedule):  # 0.5 from step 100 on, updated every 50 steps
+        ...     def sparsity_at(self, step):
+        ...         return 0.5
+        ...     def get_config(self):
+        ...         return {}
+        >>> s = Step(begin_step=100, end_step=-1, frequency=50)
+        >>> s(100), s(120)
+        ((True, 0.5), (False, 0.5))
     """
 
     def __init__(self, begin_step: int, end_step: int, frequency: int) -> None:
@@ -140,7 +151,13 @@ class PolynomialDecay(Schedule):
 
 def as_schedule(schedule: object) -> ScheduleFn:
     """Accept a schedule object, any callable ``step -> (bool, sparsity)``, or a
-    plain number (``ConstantSparsity(number, frequency=1)``)."""
+    plain number (``ConstantSparsity(number, frequency=1)``).
+
+    Example:
+        >>> from sparsekit.prune.schedules import as_schedule
+        >>> as_schedule(0.3)
+        ConstantSparsity(target=0.3, begin_step=0, end_step=-1, frequency=1)
+    """
     if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
         return ConstantSparsity(float(schedule), frequency=1)
     if callable(schedule):

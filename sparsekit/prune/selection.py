@@ -17,7 +17,15 @@ Selector = Union[Matcher, Sequence[Matcher], None]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The wrapped module of DistributedDataParallel / DataParallel, else the model."""
+    """The wrapped module of DistributedDataParallel / DataParallel, else the model.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune.selection import unwrap
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> unwrap(layer) is layer
+        True
+    """
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
@@ -79,6 +87,13 @@ def select_targets(model: nn.Module, include: Selector = None, exclude: Selector
     whose parameter has at least 2 dimensions (so biases and normalisation
     layers stay dense unless named in ``param_names``).  ``skip_first`` /
     ``skip_last`` protect the first / last selected module.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import select_targets
+        >>> model = torch.nn.Sequential(torch.nn.Embedding(9, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> [t.name for t in select_targets(model)], [t.name for t in select_targets(model, include=torch.nn.Embedding)]
+        (['1.weight', '2.weight'], ['0.weight'])
     """
     model = unwrap(model)
     if isinstance(param_names, str):

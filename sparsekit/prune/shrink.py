@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,14 @@ _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.S
 
 
 class InputSelect(nn.Module):
-    """Keeps the input features (last dim) or channels (dim 1 of 4-D inputs) a shrunk model still uses."""
+    """Keeps the input features (last dim) or channels (dim 1 of 4-D inputs) a shrunk model still uses.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import InputSelect
+        >>> InputSelect(torch.tensor([0, 2]), dim=-1)(torch.tensor([[1.0, 2.0, 3.0]])).tolist()
+        [[1.0, 3.0]]
+    """
 
     def __init__(self, index: Tensor, dim: int) -> None:
         super().__init__()

@@ -1,0 +1,243 @@
+#!/usr/bin/env python
+"""A ResNet-18-style CNN on scikit-learn's digits: train, block-prune, fine-tune, convert, time.
+
+The network is ResNet-18's layout (a 3x3 stem, four stages of two BasicBlocks with
+strides 1-2-2-2, global average pooling, a linear head) at base width 16 instead of 64
+(16-32-64-128 channels), on the 8x8 digits upsampled to 32x32. Each conv-BN(-ReLU)
+run is an ``nn.Sequential``, so ``sparsekit.convert`` folds the BatchNorms and fuses the
+ReLUs into the sparse convolutions.
+
+Steps: train dense; prune every convolution but the stem one shot to ``--sparsity``
+(default 0.85) in ``(4, 1)`` blocks of the ``(out, in*kh*kw)`` weight view (4 output
+channels x 1 input tap); fine-tune with the masks enforced; bake the masks in; convert
+(``format="auto"``, timed at the real feature-map sizes); check the converted model
+against the masked dense one; time batch 1 and 32; report memory and file sizes.
+
+    python examples/cnn_digits.py            # full run (figures in docs/e2e.md)
+    python examples/cnn_digits.py --quick    # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+import sparsekit
+from sparsekit.convert import convert
+from sparsekit.io import load, save
+from sparsekit.prune import make_permanent, prune
+
+
+def conv_bn(cin: int, cout: int, k: int, stride: int, relu: bool) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(conv_bn(cin, cout, 3, stride, True), conv_bn(cout, cout, 3, 1, False))
+        self.shortcut = conv_bn(cin, cout, 1, stride, False) if (stride != 1 or cin != cout) else nn.Identity()
+
+    def forward(self, x):
+        return F.relu(self.branch(x) + self.shortcut(x))
+
+
+class ResNet18Style(nn.Module):
+    def __init__(self, width: int = 16, n_classes: int = 10) -> None:
+        super().__init__()
+        w = [width, 2 * width, 4 * width, 8 * width]
+        self.stem = conv_bn(1, w[0], 3, 1, True)
+        blocks, cin = [], w[0]
+        for i, cout in enumerate(w):
+            for j in range(2):
+                blocks.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, n_classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def load_digits(size: int):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    X = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    X = F.interpolate(X, size=(size, size), mode="bilinear", align_corners=False)
+    X = (X - X.mean()) / X.std()
+    y = torch.tensor(d.target)
+    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=0, stratify=d.target)
+    return X[idx_tr], y[idx_tr], X[idx_te], y[idx_te]
+
+
+def train(model, X, y, epochs: int, lr: float, seed: int = 0, batch: int = 64) -> None:
+    if epochs <= 0:
+        model.eval()
+        return
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    steps = epochs * ((len(X) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps))
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(X), generator=gen)
+        for i in range(0, len(X), batch):
+            idx = perm[i:i + batch]
+            xb = X[idx]
+            # light augmentation: random shifts of up to 2 pixels
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), y[idx]).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+
+
+@torch.inference_mode()
+def accuracy(model, X, y) -> float:
+    return float((model(X).argmax(1) == y).float().mean())
+
+
+def interleaved_times(fns: Dict[str, Callable[[], object]], rounds: int, min_round_s: float) -> Dict[str, dict]:
+    reps = {}
+    for k, f in fns.items():
+        for _ in range(2):
+            f()
+        t0 = time.perf_counter()
+        f()
+        reps[k] = max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-7)))
+    samples = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(reps[k]):
+                f()
+            samples[k].append((time.perf_counter() - t0) / reps[k])
+    return {k: {"min_ms": min(v) * 1e3, "median_ms": statistics.median(v) * 1e3} for k, v in samples.items()}
+
+
+def resident_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.numel() and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--size", type=int, default=32, help="image side after upsampling")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--sparsity", type=float, default=0.85)
+    p.add_argument("--block", type=int, nargs=2, default=[4, 1])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="torch threads for training (1 is the most predictable on a shared machine)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        # smoke test: no training (accuracies are chance level), one thread, minimal timing
+        args.size, args.width, args.epochs, args.finetune_epochs, args.threads, args.rounds = 16, 8, 0, 0, [1], 1
+        torch.set_num_threads(1)
+    torch.manual_seed(0)
+    torch.set_num_threads(args.train_threads)
+    Xtr, ytr, Xte, yte = load_digits(args.size)
+    if args.quick:
+        Xtr, ytr, Xte, yte = Xtr[:128], ytr[:128], Xte[:64], yte[:64]
+    model = ResNet18Style(args.width)
+    t0 = time.time()
+    train(model, Xtr, ytr, args.epochs, lr=0.05)
+    acc_dense = accuracy(model, Xte, yte)
+    t_train = time.time() - t0
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not n.startswith("stem")]
+    prune(model, args.sparsity, granularity=tuple(args.block), include=convs)
+    acc_pruned = accuracy(model, Xte, yte)
+    t0 = time.time()
+    train(model, Xtr, ytr, args.finetune_epochs, lr=0.01, seed=1)
+    acc_ft = accuracy(model, Xte, yte)
+    t_ft = time.time() - t0
+    make_permanent(model)
+    model.eval()
+    conv_nnz = sum(int((model.get_submodule(n).weight != 0).sum()) for n in convs)
+    conv_total = sum(model.get_submodule(n).weight.numel() for n in convs)
+    print(f"ResNet-18-style width {args.width} on digits {args.size}x{args.size}: {len(Xtr)} train / {len(Xte)} test")
+    print(f"accuracy: dense {acc_dense:.4f} ({t_train:.0f}s) -> pruned {args.sparsity:.0%} in blocks "
+          f"{tuple(args.block)} {acc_pruned:.4f} -> fine-tuned {acc_ft:.4f} ({t_ft:.0f}s); conv sparsity "
+          f"{1 - conv_nnz / conv_total:.4f}")
+
+    t0 = time.time()
+    example = Xte[:1]
+    sparse = convert(model, format="auto", example_inputs=example, batch_sizes=(1,) if args.quick else (1, 32),
+                     time_budget_s=0.001 if args.quick else 0.03)
+    print(f"convert(format='auto') took {time.time() - t0:.1f}s\n{sparse.sparsekit_summary}\n")
+    with torch.inference_mode():
+        ref, got = model(Xte), sparse(Xte)
+    max_abs = float((got - ref).abs().max())
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)  # BN folding reorders float32 rounding
+    acc_sparse = accuracy(sparse, Xte, yte)
+    print(f"converted vs masked dense on {len(Xte)} test images: max |diff| of logits {max_abs:.2e}; "
+          f"accuracy {acc_sparse:.4f} (masked dense {acc_ft:.4f})")
+
+    timings = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        sparsekit.set_num_threads(threads)
+        for b in (1,) if args.quick else (1, 32):
+            x = Xte[:b].contiguous()
+            with torch.inference_mode():
+                t = interleaved_times({"dense": lambda: model(x), "sparse": lambda: sparse(x)}, args.rounds,
+                                      0.0005 if args.quick else 0.05)
+            row = {"threads": threads, "batch": b, "dense": t["dense"], "sparse": t["sparse"],
+                   "speedup_min": t["dense"]["min_ms"] / t["sparse"]["min_ms"],
+                   "speedup_median": t["dense"]["median_ms"] / t["sparse"]["median_ms"]}
+            timings.append(row)
+            print(f"threads {threads} batch {b:>2}: dense {t['dense']['min_ms']:.3f} ms (median "
+                  f"{t['dense']['median_ms']:.3f}), sparse {t['sparse']['min_ms']:.3f} ms (median "
+                  f"{t['sparse']['median_ms']:.3f}) -> {row['speedup_min']:.2f}x (median {row['speedup_median']:.2f}x)")
+    sparsekit.set_num_threads(None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dp, sp = os.path.join(tmp, "dense.safetensors"), os.path.join(tmp, "sparse.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, dp)
+        save(sparse, sp)
+        sizes = {"dense_file": os.path.getsize(dp), "sparse_file": os.path.getsize(sp)}
+        reloaded = load(sp, ResNet18Style(args.width))
+        with torch.inference_mode():
+            torch.testing.assert_close(reloaded(Xte), got, rtol=0, atol=0)
+    mem = {"dense_resident": resident_bytes(model), "sparse_resident": resident_bytes(sparse)}
+    print(f"resident weights: dense {mem['dense_resident'] / 1e3:.1f} kB, converted {mem['sparse_resident'] / 1e3:.1f} kB "
+          f"({mem['sparse_resident'] / mem['dense_resident']:.3f}); files: dense {sizes['dense_file'] / 1e3:.1f} kB, "
+          f"sparse {sizes['sparse_file'] / 1e3:.1f} kB ({sizes['sparse_file'] / sizes['dense_file']:.3f})")
+    result = {"acc_dense": acc_dense, "acc_pruned": acc_pruned, "acc_finetuned": acc_ft, "acc_sparse": acc_sparse,
+              "conv_sparsity": 1 - conv_nnz / conv_total, "max_abs_diff": max_abs, "timings": timings, **mem, **sizes,
+              "summary": sparse.sparsekit_summary.to_dict(), "cpu": sparsekit.cpu_info(), "args": vars(args)}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1, default=str)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
