@@ -21,7 +21,7 @@ def _to_numpy(a: Array, name: str) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         if a.layout != torch.strided:
             raise TypeError(f"{name} must be a dense tensor, got layout {a.layout}")
-        if a.device.type != "cpu":
+        if not a.is_cpu:
             raise ValueError(f"{name} must be on the CPU, got device {a.device}; call .cpu() first")
         if a.dtype != torch.float32:
             raise TypeError(f"{name} must be float32, got {a.dtype}; call .float() first")
@@ -30,9 +30,10 @@ def _to_numpy(a: Array, name: str) -> np.ndarray:
                 f"{name} requires grad, but sparsekit's kernels do not compute gradients; "
                 "run inference under torch.no_grad() or torch.inference_mode()"
             )
-        a = a.detach()
-        if a.is_conj() or a.is_neg():
-            a = a.resolve_conj().resolve_neg()
+        if a.requires_grad:  # only then does .numpy() need a detached view
+            a = a.detach()
+        if a.is_neg():  # a float32 tensor cannot be a conjugate view, only a negative one
+            a = a.resolve_neg()
         arr = a.numpy()
     elif isinstance(a, np.ndarray):
         if a.dtype != np.float32:
@@ -60,13 +61,13 @@ def _check_out(out: Array, expected_shape: tuple, x_is_torch: bool, x_np: np.nda
     if tuple(out.shape) != expected_shape:
         raise ValueError(f"out must have shape {expected_shape}, got {tuple(out.shape)}")
     if isinstance(out, torch.Tensor):
-        if out.dtype != torch.float32 or out.device.type != "cpu" or out.layout != torch.strided:
+        if out.dtype != torch.float32 or not out.is_cpu or out.layout != torch.strided:
             raise TypeError(f"out must be a float32 CPU tensor, got {out.dtype} on {out.device}")
         if not out.is_contiguous():
             raise ValueError("out must be contiguous")
         if out.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("out requires grad; sparsekit's kernels do not compute gradients")
-        out_np = out.detach().numpy()
+        out_np = out.detach().numpy() if out.requires_grad else out.numpy()
     else:
         if out.dtype != np.float32:
             raise TypeError(f"out must be float32, got {out.dtype}")
@@ -148,9 +149,9 @@ def linear(x: Array, w: SparseMatrix, bias: Optional[Array] = None,
     lead = x_np.shape[:-1]
     out_shape = tuple(lead) + (rows,)
     if out is None:
-        if is_torch:
-            result = torch.empty(out_shape, dtype=torch.float32)
-            y_np = result.numpy()
+        if is_torch:  # numpy-allocated, shared with the tensor: cheaper than torch.empty().numpy()
+            y_np = np.empty(out_shape, dtype=np.float32)
+            result = torch.from_numpy(y_np)
         else:
             result = y_np = np.empty(out_shape, dtype=np.float32)
     else:
@@ -190,9 +191,9 @@ def matmul(w: SparseMatrix, x: Array, out: Optional[Array] = None, *,
     n = x2d.shape[1]
     out_shape = (rows, n) if x_np.ndim == 2 else (rows,)
     if out is None:
-        if is_torch:
-            result = torch.empty(out_shape, dtype=torch.float32)
-            y_np = result.numpy()
+        if is_torch:  # numpy-allocated, shared with the tensor: cheaper than torch.empty().numpy()
+            y_np = np.empty(out_shape, dtype=np.float32)
+            result = torch.from_numpy(y_np)
         else:
             result = y_np = np.empty(out_shape, dtype=np.float32)
     else:
