@@ -221,6 +221,8 @@ def test_bad_arguments():
         convert(mlp(), batch_sizes=[0])
     with pytest.raises(ValueError, match="max_block_overhead"):
         convert(mlp(), max_block_overhead=0.5)
+    with pytest.raises(ValueError, match="min_speedup"):
+        convert(mlp(), min_speedup=0.9)
 
 
 def test_auto_never_slower_than_dense_and_matches(gen):
@@ -237,8 +239,9 @@ def test_auto_never_slower_than_dense_and_matches(gen):
     assert report["2"].format == "dense" and "density" in report["2"].reason and not report["2"].times_ms
     for row in report:
         if row.format != "dense":
-            # chosen only if faster than dense at every measured batch size
-            assert row.speedup and all(v > 1 for v in row.speedup.values())
+            # chosen only if faster than dense by min_speedup at every measured batch size, twice
+            assert row.speedup and all(v >= 1.1 for v in row.speedup.values())
+            assert set(row.times_ms["confirm"]) == {1, 32}
             assert set(row.speedup) == {1, 32}
         elif row.times_ms:
             assert "dense" in row.times_ms and "csr" in row.times_ms
