@@ -187,18 +187,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{tuple(args.block)} {acc_pruned:.4f} -> fine-tuned {acc_ft:.4f} ({t_ft:.0f}s); conv sparsity "
           f"{1 - conv_nnz / conv_total:.4f}")
 
-    t0 = time.time()
     example = Xte[:1]
-    sparse = convert(model, format="auto", example_inputs=example, batch_sizes=(1,) if args.quick else (1, 32),
-                     time_budget_s=0.001 if args.quick else 0.03)
-    print(f"convert(format='auto') took {time.time() - t0:.1f}s\n{sparse.sparsekit_summary}\n")
+    # Three conversions: "auto" timed at batch 1 and 32 (never slower than dense at either),
+    # "auto" timed at batch 1 only (a latency deployment), and every conv forced to the
+    # pruning block (no timing).
+    budget = 0.001 if args.quick else 0.03
+    specs = {"auto_b1_b32": dict(format="auto", batch_sizes=(1, 32)),
+             "auto_b1": dict(format="auto", batch_sizes=(1,)),
+             f"bsr{args.block[0]}x{args.block[1]}": dict(format={"stem.*": "dense", "head": "dense",
+                                                                "*": tuple(args.block)})}
+    if args.quick:
+        specs.pop("auto_b1_b32")
+    variants, max_abs, acc_sparse = {}, {}, {}
     with torch.inference_mode():
-        ref, got = model(Xte), sparse(Xte)
-    max_abs = float((got - ref).abs().max())
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)  # BN folding reorders float32 rounding
-    acc_sparse = accuracy(sparse, Xte, yte)
-    print(f"converted vs masked dense on {len(Xte)} test images: max |diff| of logits {max_abs:.2e}; "
-          f"accuracy {acc_sparse:.4f} (masked dense {acc_ft:.4f})")
+        ref = model(Xte)
+    for name, kw in specs.items():
+        t0 = time.time()
+        variants[name] = convert(model, example_inputs=example, time_budget_s=budget, **kw)
+        formats = {}
+        for r in variants[name].sparsekit_summary:
+            formats[r.format] = formats.get(r.format, 0) + 1
+        with torch.inference_mode():
+            got = variants[name](Xte)
+        max_abs[name] = float((got - ref).abs().max())
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)  # BN folding reorders float32 rounding
+        acc_sparse[name] = accuracy(variants[name], Xte, yte)
+        print(f"convert {name}: {time.time() - t0:.1f}s, formats {formats}; max |logit diff| vs masked dense "
+              f"{max_abs[name]:.2e}; accuracy {acc_sparse[name]:.4f} (masked dense {acc_ft:.4f})")
+    print(f"\n{variants[next(iter(variants))].sparsekit_summary}\n")
 
     timings = []
     for threads in args.threads:
@@ -206,33 +222,41 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sparsekit.set_num_threads(threads)
         for b in (1,) if args.quick else (1, 32):
             x = Xte[:b].contiguous()
+            fns = {"dense": lambda: model(x)}
+            fns.update({name: (lambda m=m: m(x)) for name, m in variants.items()})
             with torch.inference_mode():
-                t = interleaved_times({"dense": lambda: model(x), "sparse": lambda: sparse(x)}, args.rounds,
-                                      0.0005 if args.quick else 0.05)
-            row = {"threads": threads, "batch": b, "dense": t["dense"], "sparse": t["sparse"],
-                   "speedup_min": t["dense"]["min_ms"] / t["sparse"]["min_ms"],
-                   "speedup_median": t["dense"]["median_ms"] / t["sparse"]["median_ms"]}
+                t = interleaved_times(fns, args.rounds, 0.0005 if args.quick else 0.05)
+            row = {"threads": threads, "batch": b, "ms": t,
+                   "speedup_min": {k: t["dense"]["min_ms"] / t[k]["min_ms"] for k in variants},
+                   "speedup_median": {k: t["dense"]["median_ms"] / t[k]["median_ms"] for k in variants}}
             timings.append(row)
-            print(f"threads {threads} batch {b:>2}: dense {t['dense']['min_ms']:.3f} ms (median "
-                  f"{t['dense']['median_ms']:.3f}), sparse {t['sparse']['min_ms']:.3f} ms (median "
-                  f"{t['sparse']['median_ms']:.3f}) -> {row['speedup_min']:.2f}x (median {row['speedup_median']:.2f}x)")
+            print(f"threads {threads} batch {b:>2}, ms min (median): " + ", ".join(
+                f"{k} {v['min_ms']:.3f} ({v['median_ms']:.3f})" for k, v in t.items()) + " | speedup min (median): "
+                + ", ".join(f"{k} {row['speedup_min'][k]:.2f}x ({row['speedup_median'][k]:.2f}x)" for k in variants))
     sparsekit.set_num_threads(None)
 
+    sizes = {}
     with tempfile.TemporaryDirectory() as tmp:
-        dp, sp = os.path.join(tmp, "dense.safetensors"), os.path.join(tmp, "sparse.safetensors")
+        dp = os.path.join(tmp, "dense.safetensors")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, dp)
-        save(sparse, sp)
-        sizes = {"dense_file": os.path.getsize(dp), "sparse_file": os.path.getsize(sp)}
-        reloaded = load(sp, ResNet18Style(args.width))
-        with torch.inference_mode():
-            torch.testing.assert_close(reloaded(Xte), got, rtol=0, atol=0)
-    mem = {"dense_resident": resident_bytes(model), "sparse_resident": resident_bytes(sparse)}
-    print(f"resident weights: dense {mem['dense_resident'] / 1e3:.1f} kB, converted {mem['sparse_resident'] / 1e3:.1f} kB "
-          f"({mem['sparse_resident'] / mem['dense_resident']:.3f}); files: dense {sizes['dense_file'] / 1e3:.1f} kB, "
-          f"sparse {sizes['sparse_file'] / 1e3:.1f} kB ({sizes['sparse_file'] / sizes['dense_file']:.3f})")
+        sizes["dense"] = os.path.getsize(dp)
+        for name, m in variants.items():
+            sp = os.path.join(tmp, f"{name}.safetensors")
+            save(m, sp)
+            sizes[name] = os.path.getsize(sp)
+            reloaded = load(sp, ResNet18Style(args.width))
+            with torch.inference_mode():
+                torch.testing.assert_close(reloaded(Xte), m(Xte), rtol=0, atol=0)
+    mem = {"dense": resident_bytes(model)}
+    mem.update({name: resident_bytes(m) for name, m in variants.items()})
+    print("resident weights kB: " + ", ".join(f"{k} {v / 1e3:.1f}" for k, v in mem.items())
+          + "; files kB: " + ", ".join(f"{k} {v / 1e3:.1f}" for k, v in sizes.items())
+          + "; every reloaded model reproduces its outputs exactly")
     result = {"acc_dense": acc_dense, "acc_pruned": acc_pruned, "acc_finetuned": acc_ft, "acc_sparse": acc_sparse,
-              "conv_sparsity": 1 - conv_nnz / conv_total, "max_abs_diff": max_abs, "timings": timings, **mem, **sizes,
-              "summary": sparse.sparsekit_summary.to_dict(), "cpu": sparsekit.cpu_info(), "args": vars(args)}
+              "conv_sparsity": 1 - conv_nnz / conv_total, "max_abs_diff": max_abs, "timings": timings,
+              "resident_bytes": mem, "file_bytes": sizes,
+              "summaries": {k: m.sparsekit_summary.to_dict() for k, m in variants.items()},
+              "cpu": sparsekit.cpu_info(), "args": vars(args)}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1, default=str)

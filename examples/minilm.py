@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for r in auto.sparsekit_summary:
             chosen[r.format] = chosen.get(r.format, 0) + 1
         row["auto_formats"] = chosen
+        row["auto_summary"] = auto.sparsekit_summary.to_dict()
         for name, model in (("csr", csr), ("auto", auto)):
             emb = encode(model, sentences)
             cos = cosines(emb, emb_masked)

@@ -16,6 +16,7 @@ from sparsekit.kernels import linear, matmul
 from sparsekit import nn  # noqa: E402  (after the kernels it wraps)
 from sparsekit.convert import ConversionReport, convert
 from sparsekit.io import load, save
+# `sparsekit.prune` stays the subpackage; it is callable as the one-shot prune().
 from sparsekit.prune import (
     L1,
     L2,
@@ -28,7 +29,6 @@ from sparsekit.prune import (
     finetune,
     iterative_prune,
     make_permanent,
-    prune,
     shrink,
     sparsity_report,
 )

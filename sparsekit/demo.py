@@ -105,6 +105,9 @@ class DemoResult:
     threads: int = 1
     simd: str = ""
     fingerprint: str = ""
+    sparse_layers: int = 0
+    load_average: float = -1.0
+    cpu_count: int = 0
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -187,6 +190,20 @@ def _file_bytes(model: nn.Module, sparse: bool) -> int:
 
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
         return os.path.getsize(path)
+
+
+def _count_sparse(model: nn.Module) -> int:
+    from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear
+
+    return sum(isinstance(m, (SparseLinear, SparseConv1d, SparseConv2d)) for m in model.modules())
+
+
+def _load_average() -> float:
+    """1-minute load average (-1 where the OS does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return -1.0
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -356,7 +373,8 @@ def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[Tex
     ]
     result = DemoResult(cfg, stats[0], stats[1], stats[2], achieved, max_diff, summary, timings,
                         n_train=len(xtr), n_test=len(xte), threads=info["threads"], simd=info["simd"],
-                        fingerprint=_fingerprint(model))
+                        fingerprint=_fingerprint(model), sparse_layers=_count_sparse(sparse),
+                        load_average=_load_average(), cpu_count=os.cpu_count() or 0)
     say("")
     say(format_table(result))
     return result
@@ -392,8 +410,14 @@ def format_table(result: DemoResult) -> str:
     lines.append("")
     lines.append(f"{result.achieved_sparsity:.1%} of the weights were pruned; 'pruned (zeros kept)' is what "
                  "masking toolkits give you:")
+    load = f", load average {result.load_average:.1f} on {result.cpu_count} cores" if result.load_average >= 0 else ""
     lines.append("the zeros still take memory and time. Latencies are medians of interleaved calls in this "
-                 f"run ({result.threads} threads, {result.simd}).")
+                 f"run ({result.threads} threads, {result.simd}{load}).")
+    if result.sparse_layers == 0:
+        lines.append("No layer became sparse: format='auto' measured dense as faster on this machine just now.")
+    if result.cpu_count and result.load_average > result.cpu_count:
+        lines.append(f"The machine is busy (load average {result.load_average:.1f} > {result.cpu_count} cores): "
+                     "multi-threaded timings stall when other processes hold the cores; rerun when it is idle.")
     return "\n".join(lines)
 
 

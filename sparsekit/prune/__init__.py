@@ -8,6 +8,13 @@ done (:func:`sparsity_report`) and bake it in (:func:`make_permanent`,
 
 The subpackage is also callable: ``sparsekit.prune(model, 0.5)`` is
 :func:`prune` even where the name resolves to this module.
+
+Example:
+    >>> import torch, sparsekit
+    >>> model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> masks = sparsekit.prune(model, 0.75)
+    >>> round(sparsekit.sparsity_report(model).to_dict()["total"]["sparsity"], 2)
+    0.75
 """
 
 import inspect as _inspect
