@@ -128,6 +128,19 @@ inline void transpose(const float* src, int64_t lds, float* dst, int64_t ldd, in
 
 // ------------------------------------------------------------------- batch 1
 
+// Prefetches values and indices kStreamAhead bytes (of values) ahead in a batch-1
+// loop that consumes `floats` values and floats / G indices per step. The hardware
+// prefetchers follow these streams too, but with the weights in DRAM they keep too
+// few lines in flight. Measured (4096x4096, 90%, CSR, 1 thread, weights cold):
+// 14.6 GB/s without, 16.1 / 16.6 / 15.6 GB/s at 1 / 2 / 4 KiB ahead; hot unchanged.
+constexpr int64_t kStreamAhead = 2048;
+template <int G, class I>
+inline void stream_prefetch(const float* v, const I* idx, int floats) {
+  constexpr int64_t ahead = kStreamAhead / 4;  // floats
+  for (int f = 0; f < floats; f += 16) __builtin_prefetch(v + ahead + f);
+  __builtin_prefetch(idx + ahead / G);  // a step reads at most 64 bytes of indices
+}
+
 // Rows of block rows [b0, b1): raw dot products (no bias/activation) into y.
 template <class I, int R, int C>
 void spmv_block_rows(const BsrView& w, const I* idx, const float* x, float* y, int64_t b0, int64_t b1) {
@@ -139,6 +152,7 @@ void spmv_block_rows(const BsrView& w, const I* idx, const float* x, float* y, i
       V a0 = Vec::zero(), a1 = Vec::zero();
       int64_t k = kb;
       for (; k + 2 * W <= ke; k += 2 * W) {
+        stream_prefetch<1>(vals + k, idx + k, 2 * W);
         a0 = Vec::fmadd(Vec::load(vals + k), Vec::gather(x, idx + k), a0);
         a1 = Vec::fmadd(Vec::load(vals + k + W), Vec::gather(x, idx + k + W), a1);
       }
@@ -154,11 +168,13 @@ void spmv_block_rows(const BsrView& w, const I* idx, const float* x, float* y, i
       for (int s = 0; s < SETS; ++s)
         for (int q = 0; q < NQ; ++q) a[s][q] = Vec::zero();
       int64_t k = kb;
-      for (; k + SETS <= ke; k += SETS)
+      for (; k + SETS <= ke; k += SETS) {
+        stream_prefetch<R>(vals + k * R, idx + k, SETS * R);
         for (int s = 0; s < SETS; ++s) {
           const V xv = Vec::set1(x[idx[k + s]]);
           for (int q = 0; q < NQ; ++q) a[s][q] = Vec::fmadd(Vec::load(vals + (k + s) * R + q * W), xv, a[s][q]);
         }
+      }
       for (; k < ke; ++k) {
         const V xv = Vec::set1(x[idx[k]]);
         for (int q = 0; q < NQ; ++q) a[0][q] = Vec::fmadd(Vec::load(vals + k * R + q * W), xv, a[0][q]);
@@ -180,6 +196,7 @@ void spmv_block_rows(const BsrView& w, const I* idx, const float* x, float* y, i
       };
       int64_t k = kb;
       for (; k + 2 * PER <= ke; k += 2 * PER) {
+        stream_prefetch<G>(vals + k * G, idx + k, 2 * W);
         a0 = Vec::fmadd(Vec::load(vals + k * G), xs(k), a0);
         a1 = Vec::fmadd(Vec::load(vals + (k + PER) * G), xs(k + PER), a1);
       }
