@@ -379,14 +379,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from sparsekit import demo
+
     try:
-        import sklearn.datasets  # noqa: F401  (the demo's built-in data ships with scikit-learn)
+        demo.digits_file()
     except ImportError as exc:
         raise CLIError("the demo's dataset ships with scikit-learn, which is not installed: "
                        "pip install scikit-learn") from exc
-    from sparsekit import demo
-
-    return demo.run_cli(quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    threads = None if args.threads == 0 else args.threads
+    return demo.run_cli(quick=args.quick, seed=args.seed, progress=not args.no_progress, threads=threads)
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -518,6 +519,7 @@ examples:
   sparsekit demo                 # full run, under 2 minutes on 2 cores
   sparsekit demo --quick         # smaller model and fewer epochs, under 30 s
   sparsekit demo --seed 3 --no-progress > demo.txt
+  sparsekit demo --threads 2     # time both models on 2 threads instead of 1
 
 """ + _EXIT_NOTE
 
@@ -597,6 +599,8 @@ def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
                        epilog=_DEMO_EPILOG, formatter_class=fmt)
     p.add_argument("--quick", action="store_true", help="smaller model and fewer epochs (under 30 s)")
     p.add_argument("--seed", type=_positive_int, default=0, help="random seed (default 0); same seed, same run")
+    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                   help="threads of both models while converting and timing (default 1; 0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=_cmd_demo)
 

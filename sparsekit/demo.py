@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import copy
-import io
+import importlib.util
 import os
 import statistics
 import sys
@@ -54,6 +54,10 @@ class DemoConfig:
     ``sparsity`` applies to the hidden H x H layer and the output layer; the
     first layer (64 inputs per unit) keeps ``first_layer_sparsity``.
     ``train_limit`` caps the training samples (for tests); ``None`` uses all.
+    ``threads``: threads of torch and sparsekit while converting and timing (both
+    models alike; ``None`` keeps the defaults, torch's count). One thread is the
+    default: batch 1 is bandwidth-bound, and a single thread per model is a
+    comparison that other processes on the machine cannot distort much.
     """
 
     hidden: int = 2048
@@ -68,6 +72,7 @@ class DemoConfig:
     mask_updates_per_epoch: int = 2
     latency_repeats: int = 300
     train_threads: int = 1
+    threads: Optional[int] = 1
     seed: int = 0
     train_limit: Optional[int] = None
 
@@ -122,6 +127,23 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def _all_threads(n: Optional[int]) -> Iterator[int]:
+    """torch and sparsekit both on ``n`` threads inside the block (``None``: leave the defaults)."""
+    import sparsekit
+
+    if n is None:
+        yield sparsekit.get_num_threads()
+        return
+    before = getattr(sparsekit._runtime, "_num_threads", None)  # None: follow torch
+    with _torch_threads(n):
+        sparsekit.set_num_threads(n)
+        try:
+            yield n
+        finally:
+            sparsekit.set_num_threads(before)
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -129,17 +151,57 @@ def _progress(total: int, desc: str, enabled: bool):
                 dynamic_ncols=True)
 
 
-def _data(cfg: DemoConfig) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def digits_file() -> str:
+    """Path of the handwritten-digits table that ships inside scikit-learn (found without importing it).
+
+    Importing scikit-learn maps its own vendored OpenMP runtime next to torch's; the demo
+    reads the bundled file directly so the process keeps a single OpenMP runtime.
+    Raises ImportError when scikit-learn is not installed.
+    """
+    try:
+        spec = importlib.util.find_spec("sklearn")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("scikit-learn is not installed")
+    return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "digits.csv.gz")
+
+
+def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: ``x`` (1797, 64) float pixel values 0..16 and ``y`` (1797,) labels 0..9."""
+    path = digits_file()
+    if os.path.exists(path):
+        table = np.loadtxt(path, delimiter=",")
+        return table[:, :-1], table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # the file moved: let scikit-learn find it
 
     x, y = load_digits(return_X_y=True)
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64)
+
+
+def _split(y: np.ndarray, test_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Stratified train/test indices: ``test_fraction`` of every class goes to the test set."""
+    rng = np.random.default_rng(seed)
+    test = []
+    for label in np.unique(y):
+        idx = np.flatnonzero(y == label)
+        rng.shuffle(idx)
+        test.append(idx[: int(round(len(idx) * test_fraction))])
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[np.concatenate(test)] = True
+    train_idx, test_idx = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    rng.shuffle(train_idx)
+    return train_idx, test_idx
+
+
+def _data(cfg: DemoConfig) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, y = load_digits_arrays()
     x = (x / 16.0).astype(np.float32)
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=cfg.seed, stratify=y)
+    train_idx, test_idx = _split(y, 0.25, cfg.seed)
     if cfg.train_limit is not None:
-        xtr, ytr = xtr[: cfg.train_limit], ytr[: cfg.train_limit]
-    return (torch.from_numpy(np.ascontiguousarray(xtr)), torch.from_numpy(ytr.astype(np.int64)),
-            torch.from_numpy(np.ascontiguousarray(xte)), torch.from_numpy(yte.astype(np.int64)))
+        train_idx = train_idx[: cfg.train_limit]
+    return (torch.from_numpy(x[train_idx]), torch.from_numpy(y[train_idx]),
+            torch.from_numpy(x[test_idx]), torch.from_numpy(y[test_idx]))
 
 
 def build_mlp(hidden: int = 2048, inputs: int = 64, classes: int = 10) -> nn.Sequential:
@@ -288,6 +350,35 @@ def _prune_while_training(model: nn.Module, xtr: torch.Tensor, ytr: torch.Tensor
     model.eval()
 
 
+def _convert_and_time(dense: nn.Module, model: nn.Module, xte: torch.Tensor, yte: torch.Tensor, cfg: DemoConfig,
+                      progress: bool, timings: Dict[str, float], say) -> tuple:
+    """Stage 3 (convert, check) and stage 4 (side-by-side batch-1 latency)."""
+    import sparsekit
+
+    t0 = time.perf_counter()
+    with _progress(1, "3/4 convert", progress) as bar:
+        sparse = sparsekit.convert(model, format="auto", batch_sizes=(1,))
+        bar.update(1)
+    sparse_acc = _accuracy(sparse, xte, yte)
+    with torch.inference_mode():
+        max_diff = float((sparse(xte) - model(xte)).abs().max())
+    summary = str(getattr(sparse, "sparsekit_summary", ""))
+    timings["convert"] = time.perf_counter() - t0
+    say(f"[3/4] converted with sparsekit.convert (format='auto': per layer, the faster of dense and sparse "
+        f"on this CPU) ({timings['convert']:.1f} s):")
+    for line in summary.splitlines():
+        say("      " + line)
+    say(f"      outputs equal the pruned dense model's: max |difference| {max_diff:.1e}")
+
+    t0 = time.perf_counter()
+    with _progress(cfg.latency_repeats, "4/4 latency", progress) as bar:
+        lat = _latencies([dense, model, sparse], xte, cfg.latency_repeats, bar)
+    timings["latency"] = time.perf_counter() - t0
+    say(f"[4/4] timed batch-1 inference, {cfg.latency_repeats} interleaved calls per model "
+        f"({timings['latency']:.1f} s)")
+    return sparse, sparse_acc, max_diff, summary, lat
+
+
 # ----------------------------------------------------------------------------- the demo
 def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[TextIO] = None) -> DemoResult:
     """Run the demo with ``config``; print stage lines and the table to ``out`` (stdout); return the numbers."""
@@ -309,7 +400,7 @@ def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[Tex
     h = cfg.hidden
     say(f"sparsekit demo: MLP 64-{h}-{h}-10 on scikit-learn's digits ({len(xtr):,} training / {len(xte):,} test "
         f"images), seed {cfg.seed}; training on {cfg.train_threads} thread{'s' if cfg.train_threads != 1 else ''}, "
-        f"timing on {info['threads']} (SIMD {info['simd']})")
+        f"timing on {cfg.threads or info['threads']} (SIMD {info['simd']})")
 
     # Training runs on `train_threads` (1) intra-op threads: the weights for a seed then do not depend
     # on the core count, and a busy machine does not stall a 2-thread team at every small op.
@@ -340,29 +431,10 @@ def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[Tex
         f"fine-tuning: {achieved:.1%} of all weights are zero, test accuracy {pruned_acc:.1%} "
         f"({timings['prune']:.1f} s)")
 
-    # 3. conversion to sparse layers
-    t0 = time.perf_counter()
-    with _progress(1, "3/4 convert", progress) as bar:
-        sparse = sparsekit.convert(model, format="auto", batch_sizes=(1,))
-        bar.update(1)
-    sparse_acc = _accuracy(sparse, xte, yte)
-    with torch.inference_mode():
-        max_diff = float((sparse(xte) - model(xte)).abs().max())
-    summary = str(getattr(sparse, "sparsekit_summary", ""))
-    timings["convert"] = time.perf_counter() - t0
-    say(f"[3/4] converted with sparsekit.convert (format='auto': per layer, the faster of dense and sparse "
-        f"on this CPU) ({timings['convert']:.1f} s):")
-    for line in summary.splitlines():
-        say("      " + line)
-    say(f"      outputs equal the pruned dense model's: max |difference| {max_diff:.1e}")
-
-    # 4. side-by-side latency
-    t0 = time.perf_counter()
-    with _progress(cfg.latency_repeats, "4/4 latency", progress) as bar:
-        lat = _latencies([dense, model, sparse], xte, cfg.latency_repeats, bar)
-    timings["latency"] = time.perf_counter() - t0
-    say(f"[4/4] timed batch-1 inference, {cfg.latency_repeats} interleaved calls per model "
-        f"({timings['latency']:.1f} s)")
+    # 3. and 4. run on `threads` threads, torch and sparsekit alike (conversion measures with them too)
+    with _all_threads(cfg.threads) as threads:
+        sparse, sparse_acc, max_diff, summary, lat = _convert_and_time(dense, model, xte, yte, cfg, progress,
+                                                                       timings, say)
 
     stats = [
         ModelStats("dense", dense_acc, _stored_values(dense), _nbytes(dense), lat[0], _file_bytes(dense, False)),
@@ -372,7 +444,7 @@ def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[Tex
                    _file_bytes(sparse, True)),
     ]
     result = DemoResult(cfg, stats[0], stats[1], stats[2], achieved, max_diff, summary, timings,
-                        n_train=len(xtr), n_test=len(xte), threads=info["threads"], simd=info["simd"],
+                        n_train=len(xtr), n_test=len(xte), threads=threads, simd=info["simd"],
                         fingerprint=_fingerprint(model), sparse_layers=_count_sparse(sparse),
                         load_average=_load_average(), cpu_count=os.cpu_count() or 0)
     say("")
@@ -412,18 +484,20 @@ def format_table(result: DemoResult) -> str:
                  "masking toolkits give you:")
     load = f", load average {result.load_average:.1f} on {result.cpu_count} cores" if result.load_average >= 0 else ""
     lines.append("the zeros still take memory and time. Latencies are medians of interleaved calls in this "
-                 f"run ({result.threads} threads, {result.simd}{load}).")
+                 f"run ({result.threads} thread{'s' if result.threads != 1 else ''}, {result.simd}{load}).")
     if result.sparse_layers == 0:
         lines.append("No layer became sparse: format='auto' measured dense as faster on this machine just now.")
     if result.cpu_count and result.load_average > result.cpu_count:
         lines.append(f"The machine is busy (load average {result.load_average:.1f} > {result.cpu_count} cores): "
-                     "multi-threaded timings stall when other processes hold the cores; rerun when it is idle.")
+                     "timings are noisier than on an idle machine"
+                     + ("; multi-threaded calls stall while other processes hold the cores." if result.threads > 1
+                        else "."))
     return "\n".join(lines)
 
 
-def run_cli(quick: bool = False, seed: int = 0, progress: bool = True) -> int:
+def run_cli(quick: bool = False, seed: int = 0, progress: bool = True, threads: Optional[int] = 1) -> int:
     """Entry point of ``sparsekit demo``: returns the exit status."""
-    cfg = replace(QUICK if quick else FULL, seed=seed)
+    cfg = replace(QUICK if quick else FULL, seed=seed, threads=threads)
     progress = progress and sys.stderr.isatty()
     t0 = time.perf_counter()
     run_demo(cfg, progress=progress)

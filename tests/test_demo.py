@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 
 import pytest
+import torch
 
 from sparsekit.demo import QUICK, DemoConfig, format_table, run_demo
 
@@ -38,8 +39,13 @@ def test_demo_quick_end_to_end():
 
 
 def test_demo_result_is_consistent(capsys):
+    import sparsekit
+
     out = io.StringIO()
-    r = run_demo(TINY, progress=True, out=out)
+    torch_threads, sk_threads = torch.get_num_threads(), sparsekit.get_num_threads()
+    r = run_demo(replace(TINY, threads=1), progress=True, out=out)
+    assert (torch.get_num_threads(), sparsekit.get_num_threads()) == (torch_threads, sk_threads)  # restored
+    assert r.threads == 1
     text = out.getvalue()
     bars = capsys.readouterr().err  # progress bars go to stderr, results to `out`
     for stage in ("1/4 train dense", "2/4 prune + fine-tune", "3/4 convert", "4/4 latency"):
@@ -76,9 +82,12 @@ def test_demo_seed_option_reaches_the_run(monkeypatch, capsys):
     monkeypatch.setattr(demo, "run_demo", lambda cfg, progress, out=None: seen.append((cfg, progress)))
     assert main(["demo", "--quick", "--seed", "7", "--no-progress"]) == 0
     assert main(["demo", "--seed", "3"]) == 0
-    (quick, p1), (full, p2) = seen
+    assert main(["demo", "--quick", "--threads", "2"]) == 0
+    assert main(["demo", "--quick", "--threads", "0"]) == 0
+    (quick, p1), (full, p2), (two, _), (default, _) = seen
     assert quick == replace(QUICK, seed=7) and not p1
     assert full == replace(demo.FULL, seed=3)
+    assert quick.threads == full.threads == 1 and two.threads == 2 and default.threads is None
     assert not p2  # stderr is not a terminal under pytest: no progress bars
     capsys.readouterr()
 
@@ -91,3 +100,13 @@ def test_demo_without_scikit_learn_is_one_line_exit_1(monkeypatch, capsys):
     assert main(["demo", "--quick"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install scikit-learn" in err and "Traceback" not in err
+
+
+def test_demo_data_does_not_import_scikit_learn():
+    """The digits table is read from scikit-learn's files without importing it (that would map a
+    second OpenMP runtime next to torch's)."""
+    code = ("import sys, sparsekit.demo as d; x, y = d.load_digits_arrays(); "
+            "print(x.shape, y.shape, int(y.min()), int(y.max()), 'sklearn' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["(1797,", "64)", "(1797,)", "0", "9", "False"]
