@@ -401,6 +401,8 @@ def targets(threads_list: Sequence[int], levels: Sequence[str], budget: float,
 
     def add(name, level, threads, value, floor, unit="x", higher=True, detail=""):
         ok = value >= floor if higher else value <= floor
+        if hasattr(os, "getloadavg"):
+            detail = f"{detail}; load {os.getloadavg()[0]:.1f}".lstrip("; ")
         out.append({"target": name, "simd": level, "threads": threads, "value": value, "floor": floor,
                     "unit": unit, "higher_is_better": higher, "met": bool(ok), "detail": detail})
         log(f"  [{'met ' if ok else 'MISS'}] {name:<46} {level:<6} t{threads}: {value:.3g}{unit}"
@@ -456,7 +458,7 @@ def targets(threads_list: Sequence[int], levels: Sequence[str], budget: float,
                 add("per-call overhead (8x8 layer, b1)", level, th, st["overhead"]["median"] * 1e6, 5,
                     unit=" us", higher=False)
             torch.set_num_threads(max(threads_list))
-            if len(threads_list) > 1 and 1 in threads_list:
+            if len(threads_list) > 1 and 1 in threads_list:  # thread scaling
                 th = max(threads_list)
                 for fmt in ("csr", "4x1"):
                     m = sparse_weight(shape, 0.9, fmt)
@@ -706,6 +708,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         machine = _machine()
         log(f"sparsekit bench: {machine['cpu']}, simd {simd} (available {', '.join(available)}), "
             f"{threads} threads, torch {machine['torch']}")
+        tg: List[dict] = []
+        if not args.no_targets:
+            levels = [lv for lv in ("avx2", "avx512", "neon") if lv in available] or [available[-1]]
+            log("targets (issue 4):")
+            tg = targets(sorted({threads, 1}, reverse=True), levels, budget, log)
         cases = grid(shapes, batches, sparsities)
         log(f"grid: {len(cases)} points x {len(formats) + len(BASELINES)} contenders")
         rows = run_grid(cases, formats, threads, budget, simd, log)
@@ -714,13 +721,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                     threads, simd, budget)
         mem = memory_table(shapes, sparsities, formats)
         rss = [] if args.no_rss else peak_rss()
-        tg: List[dict] = []
-        if not args.no_targets:
-            levels = [lv for lv in ("avx2", "avx512", "neon") if lv in available] or [available[-1]]
-            log("targets (issue 4):")
-            tg = targets(sorted({1, threads}), levels, budget, log)
     finally:
         torch.set_num_threads(prev_threads)
+    machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = {"machine": machine, "simd": simd, "threads": threads, "budget_s": budget, "rows": rows,
               "break_even": be, "bandwidth": bw, "memory": mem, "peak_rss": rss, "targets": tg,
               "seconds": time.time() - t_start}
@@ -770,7 +773,8 @@ def render(result: dict, formats: Sequence[str], pngs: Sequence[str]) -> str:
            f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, SIMD available {', '.join(m['simd_available'])}; "
            f"grid run at **{result['simd']}** with **{result['threads']} threads** (sparsekit and torch); "
            f"torch {m['torch']}, numpy {m['numpy']}, Python {m['python']}. Load average at start: "
-           f"{', '.join(f'{v:.1f}' for v in m['load_average']) if m['load_average'] else 'n/a'}.\n",
+           f"{', '.join(f'{v:.1f}' for v in m['load_average']) if m['load_average'] else 'n/a'}; at the end: "
+           f"{', '.join(f'{v:.1f}' for v in m.get('load_average_end') or []) or 'n/a'} (1, 5, 15 min).\n",
            "Times are medians of interleaved calls (contenders of a grid point alternate, so load "
            "changes hit all alike). `sparsekit <fmt>` cells: ms (speedup over torch dense / over torch "
            "CSR). Baselines use the unstructured weight; each block format uses a weight of the same "
