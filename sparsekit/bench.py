@@ -215,6 +215,7 @@ def measure(fns: Dict[str, Callable[[], object]], budget: float = 0.3,
     Each round calls every contender ``k`` times (``k`` so that a round of it lasts
     about 5 ms), until ``budget`` seconds per contender are spent.
     """
+    wait_quiet()
     per_call = {}
     for name, fn in fns.items():
         fn()  # warm up: first-touch pages, caches, thread pools
@@ -260,6 +261,37 @@ def stream_fn(nbytes: int, threads: int, copies: int = 1) -> Callable[[], float]
 def _copies_of(m: SparseMatrix, copies: int) -> List[SparseMatrix]:
     return [SparseMatrix.from_arrays(m.shape, m.indptr.copy(), m.indices.copy(), m.values.copy(),
                                      block=m.block, index_dtype=m.index_dtype) for _ in range(copies)]
+
+
+def _cpu_busy(window: float = 0.3) -> Optional[float]:
+    """Share of all CPUs busy over ``window`` seconds while this process sleeps (Linux)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)  # total, idle + iowait
+    try:
+        t0, i0 = read()
+        time.sleep(window)
+        t1, i1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+_QUIET = {"max_wait": 0.0, "waited": 0.0}
+
+
+def wait_quiet(threshold: float = 0.15) -> None:
+    """Waits (up to ``--wait-quiet`` seconds per call) until other processes leave the CPUs
+    nearly idle, so that a measurement is not taken while they hold the cores."""
+    deadline = time.time() + _QUIET["max_wait"]
+    t0 = time.time()
+    while time.time() < deadline:
+        busy = _cpu_busy()
+        if busy is None or busy < threshold:
+            break
+        time.sleep(1.0)
+    _QUIET["waited"] += time.time() - t0
 
 
 # --------------------------------------------------------------------- the report
@@ -668,6 +700,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--simd", help="SIMD level for the grid (default: the best available)")
     p.add_argument("--threads", type=int, help="threads for sparsekit and torch (default: torch's)")
     p.add_argument("--budget", type=float, help="seconds of timed calls per contender and grid point")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each measurement, wait up to SECONDS for other processes to leave "
+                        "the CPUs idle (for shared machines; default 0: do not wait)")
     p.add_argument("--no-targets", action="store_true", help="skip the issue-4 target measurements")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocess probes")
     p.add_argument("--no-bandwidth", action="store_true", help="skip the batch-1 bandwidth comparison")
@@ -700,6 +735,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     threads = args.threads or sparsekit.get_num_threads()
     budget = args.budget if args.budget is not None else (0.5 if full else 0.25)
     os.makedirs(args.out, exist_ok=True)
+    _QUIET["max_wait"], _QUIET["waited"] = max(0.0, args.wait_quiet), 0.0
     log = functools.partial(print, flush=True)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -724,6 +760,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         torch.set_num_threads(prev_threads)
     machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    machine["waited_for_quiet_s"] = _QUIET["waited"]
     result = {"machine": machine, "simd": simd, "threads": threads, "budget_s": budget, "rows": rows,
               "break_even": be, "bandwidth": bw, "memory": mem, "peak_rss": rss, "targets": tg,
               "seconds": time.time() - t_start}
@@ -774,7 +811,8 @@ def render(result: dict, formats: Sequence[str], pngs: Sequence[str]) -> str:
            f"grid run at **{result['simd']}** with **{result['threads']} threads** (sparsekit and torch); "
            f"torch {m['torch']}, numpy {m['numpy']}, Python {m['python']}. Load average at start: "
            f"{', '.join(f'{v:.1f}' for v in m['load_average']) if m['load_average'] else 'n/a'}; at the end: "
-           f"{', '.join(f'{v:.1f}' for v in m.get('load_average_end') or []) or 'n/a'} (1, 5, 15 min).\n",
+           f"{', '.join(f'{v:.1f}' for v in m.get('load_average_end') or []) or 'n/a'} (1, 5, 15 min)"
+           f"{'; waited %.0f s in all for other processes to leave the CPUs idle' % m['waited_for_quiet_s'] if m.get('waited_for_quiet_s') else ''}.\n",
            "Times are medians of interleaved calls (contenders of a grid point alternate, so load "
            "changes hit all alike). `sparsekit <fmt>` cells: ms (speedup over torch dense / over torch "
            "CSR). Baselines use the unstructured weight; each block format uses a weight of the same "
