@@ -68,7 +68,7 @@ class DemoConfig:
     first_layer_sparsity: float = 0.5
     batch_size: int = 64
     lr: float = 1e-3
-    finetune_lr: float = 3e-4
+    finetune_lr: float = 1e-3
     mask_updates_per_epoch: int = 2
     latency_repeats: int = 300
     train_threads: int = 1
@@ -78,7 +78,7 @@ class DemoConfig:
 
 
 FULL = DemoConfig()
-QUICK = DemoConfig(hidden=1024, dense_epochs=4, prune_epochs=5, finetune_epochs=1, latency_repeats=150)
+QUICK = DemoConfig(hidden=1024, dense_epochs=5, prune_epochs=5, finetune_epochs=2, latency_repeats=150)
 
 
 @dataclass
