@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import struct
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 import torch
 from safetensors import safe_open
