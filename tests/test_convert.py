@@ -171,6 +171,14 @@ def test_nested_modules_mha_and_other_dtypes_untouched(gen):
         assert_outputs_match(out(x), model(x), 300)
 
 
+def test_lazy_and_meta_layers_stay_dense(gen):
+    model = nn.Sequential(nn.LazyLinear(4), nn.Linear(4, 4, device="meta"))
+    out = convert(model, format="csr")
+    assert out.sparsekit_summary["0"].reason == "uninitialised weight"
+    assert "meta" in out.sparsekit_summary["1"].reason
+    assert type(out[1]) is nn.Linear
+
+
 def test_shared_layer_is_not_fused(gen):
     shared = nn.Linear(8, 8)
     model = prune_(nn.Sequential(shared, nn.ReLU(), shared), 0.5, gen).eval()
