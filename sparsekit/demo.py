@@ -481,13 +481,14 @@ def format_table(result: DemoResult) -> str:
     lines.append("")
     lines.append(f"{result.achieved_sparsity:.1%} of the weights were pruned; 'pruned (zeros kept)' is what "
                  "masking toolkits give you:")
-    load = f", load average {result.load_average:.1f} on {result.cpu_count} cores" if result.load_average >= 0 else ""
+    load = (f", 1-minute load average {result.load_average:.1f} on {result.cpu_count} cores, this run included"
+            if result.load_average >= 0 else "")
     lines.append("the zeros still take memory and time. Latencies are medians of interleaved calls in this "
                  f"run ({result.threads} thread{'s' if result.threads != 1 else ''}, {result.simd}{load}).")
     if result.sparse_layers == 0:
         lines.append("No layer became sparse: format='auto' measured dense as faster on this machine just now.")
-    if result.cpu_count and result.load_average > result.cpu_count:
-        lines.append(f"The machine is busy (load average {result.load_average:.1f} > {result.cpu_count} cores): "
+    if result.cpu_count and result.load_average > result.cpu_count + 1:  # this run itself adds about 1
+        lines.append(f"The machine is busy (load average {result.load_average:.1f}, {result.cpu_count} cores): "
                      "timings are noisier than on an idle machine"
                      + ("; multi-threaded calls stall while other processes hold the cores." if result.threads > 1
                         else "."))
