@@ -479,12 +479,12 @@ def format_table(result: DemoResult) -> str:
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append(f"{result.achieved_sparsity:.1%} of the weights were pruned; 'pruned (zeros kept)' is what "
-                 "masking toolkits give you:")
-    load = (f", 1-minute load average {result.load_average:.1f} on {result.cpu_count} cores, this run included"
+    lines.append(f"{result.achieved_sparsity:.1%} of the weights were pruned. 'pruned (zeros kept)' is what masking "
+                 "toolkits give you: the zeros still cost memory and time.")
+    load = (f"; 1-minute load average {result.load_average:.1f} on {result.cpu_count} cores, this run included"
             if result.load_average >= 0 else "")
-    lines.append("the zeros still take memory and time. Latencies are medians of interleaved calls in this "
-                 f"run ({result.threads} thread{'s' if result.threads != 1 else ''}, {result.simd}{load}).")
+    lines.append(f"Latencies: medians of {result.config.latency_repeats} interleaved calls per model in this run "
+                 f"({result.threads} thread{'s' if result.threads != 1 else ''}, {result.simd}{load}).")
     if result.sparse_layers == 0:
         lines.append("No layer became sparse: format='auto' measured dense as faster on this machine just now.")
     if result.cpu_count and result.load_average > result.cpu_count + 1:  # this run itself adds about 1
