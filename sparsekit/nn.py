@@ -117,6 +117,7 @@ class _SparseBase(nn.Module):
         self.register_buffer("weight_indices", _ops._index_tensor(weight.indices))
         self.register_buffer("weight_values", torch.from_numpy(np.array(weight.values, copy=True)))
         self.register_buffer("bias", _check_bias(bias, self._rows))
+        self.__dict__.pop("_np_cache", None)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -213,7 +214,12 @@ class _SparseBase(nn.Module):
                 if probe.device.type != "cpu":
                     raise ValueError(f"{type(self).__name__} runs on the CPU only; cannot move it to "
                                      f"{probe.device}")
-        return super()._apply(fn, *args, **kwargs)
+        # fn may swap a buffer's storage in place (share_memory_): never keep views of the old one.
+        self.__dict__.pop("_np_cache", None)
+        try:
+            return super()._apply(fn, *args, **kwargs)
+        finally:
+            self.__dict__.pop("_np_cache", None)
 
     # ------------------------------------------------------------ serialisation
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
