@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+import sparsekit
 from sparsekit.convert import ConversionReport, clear_timing_cache, convert
 from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear
 
@@ -305,8 +306,9 @@ def _run_example(name: str) -> dict:
     try:
         spec.loader.exec_module(module)
         return module.main(["--quick"])
-    finally:
+    finally:  # the examples set thread counts; leave the process as the other tests expect it
         torch.set_num_threads(threads)
+        sparsekit.set_num_threads(None)
 
 
 def test_example_mlp_quick():
