@@ -203,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{row['csr_resident'] / 1e6:.1f} MB, auto {row['auto_resident'] / 1e6:.1f} MB; files dense "
               f"{row['dense_file'] / 1e6:.1f} MB, csr {row['csr_file'] / 1e6:.1f} MB; reload min cosine "
               f"{row['reloaded_cos_min']:.6f}")
+    if args.threads:
+        sparsekit.set_num_threads(None)
     out = {"rows": results, "tokens": tokens, "n_sentences": len(sentences), "cpu": sparsekit.cpu_info(),
            "args": vars(args)}
     if args.json:

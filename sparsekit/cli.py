@@ -128,6 +128,16 @@ def _format(text: str) -> Any:
             f"{text!r} is not a format; use auto, csr or a block RxC such as 4x1") from None
 
 
+def _batch_sizes(text: str) -> tuple:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(b < 1 for b in sizes):
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers such as 1,32, got {text!r}")
+    return sizes
+
+
 def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -455,7 +465,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import sparsekit
 
     try:
-        converted = sparsekit.convert(loaded.model, format=args.format)
+        converted = sparsekit.convert(loaded.model, format=args.format, batch_sizes=args.batch_sizes)
     except (TypeError, ValueError) as exc:
         raise UsageError(_one_line(exc)) from exc
     try:
@@ -550,6 +560,7 @@ sparsekit.save; read it back with sparsekit.load(path, factory()).
 examples:
   sparsekit convert pruned.safetensors -o sparse.safetensors --factory mypkg.models:build_mlp
   sparsekit convert pruned.safetensors -o sparse.safetensors --factory mypkg.models:build_mlp --format 4x1
+  sparsekit convert pruned.safetensors -o sparse.safetensors --factory mypkg.models:build_mlp --batch-sizes 1
   sparsekit convert pruned.safetensors -o sparse.safetensors --factory mypkg.models:build \\
       --factory-kwargs '{"hidden": 1024}'
 
@@ -629,6 +640,8 @@ def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--format", type=_format, default="auto",
                    help="auto (default: per layer, by measurement), csr, or a block RxC such as 4x1")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 32), metavar="B1,B2",
+                   help="batch sizes format=auto must win at (default 1,32; use 1 for batch-1 latency)")
     p.set_defaults(func=_cmd_convert)
 
     # The report's own options (sparsekit.bench), so `sparsekit bench --help` lists all of them;

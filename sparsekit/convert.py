@@ -533,20 +533,25 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
         kind = _layer_kind(layer)
         if id(layer) in memo:
             return memo[id(layer)], 0
-        w = effective_weight(layer, "weight")
-        raw = getattr(layer, "weight", None)
-        size = int(w.numel()) if w is not None else 0
-        nnz = int(torch.count_nonzero(w)) if w is not None else 0
-        shape2 = (int(w.shape[0]), size // max(1, int(w.shape[0]))) if w is not None else (0, 0)
-        decision = LayerDecision(name=name, kind=kind, shape=shape2, format="dense",
+        raw = getattr(layer, "weight_orig", None)
+        if not isinstance(raw, Tensor):
+            raw = getattr(layer, "weight", None)
+        usable = isinstance(raw, Tensor) and not isinstance(raw, nn.parameter.UninitializedParameter)
+        ok = usable and raw.dtype == torch.float32 and raw.device.type == "cpu"
+        w = effective_weight(layer, "weight") if ok else None
+        size = int(raw.numel()) if usable else 0
+        nnz = int(torch.count_nonzero(w)) if w is not None else size
+        rows = int(raw.shape[0]) if usable and raw.dim() else 0
+        decision = LayerDecision(name=name, kind=kind, shape=(rows, size // max(1, rows)), format="dense",
                                  density=nnz / size if size else 0.0,
                                  stored_density=nnz / size if size else 0.0,
-                                 dense_bytes=_module_bytes(layer), bytes=_module_bytes(layer))
+                                 dense_bytes=_module_bytes(layer) if ok else 0,
+                                 bytes=_module_bytes(layer) if ok else 0)
         decisions.append(decision)
-        if raw is None or not isinstance(raw, Tensor) or isinstance(raw, nn.parameter.UninitializedParameter):
+        if not usable:
             decision.reason = "uninitialised weight"
             return None, 0
-        if raw.dtype != torch.float32 or raw.device.type != "cpu":
+        if not ok:
             decision.reason = f"{raw.dtype} on {raw.device}: only float32 CPU layers are converted"
             return None, 0
         if kind != "Linear" and layer.groups != 1:

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import struct
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -136,22 +135,28 @@ def save(model: nn.Module, path: PathLike) -> None:
 
 
 # ------------------------------------------------------------------------------------ load
-def _read_header(path: str) -> Tuple[Dict[str, dict], Dict[str, str]]:
-    """Parse and check a safetensors header against the file size before reading any data."""
+def _read_file(path: str) -> bytes:
+    """The whole file, read once. Tensors are then built from these bytes, never from a
+    memory map of the file: a mapped file that is later truncated or rewritten in place
+    would turn reads of the loaded model's tensors into SIGBUS crashes."""
     try:
-        f = open(path, "rb")
+        with open(path, "rb") as f:
+            return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"path: no such file {path!r}") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise ValueError(f"{path!r} is not a sparsekit file: {size} bytes, truncated before the header")
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > size - 8:
-            raise ValueError(f"{path!r} is truncated or corrupt: header claims {n} bytes, file has {size - 8}")
-        if n > MAX_HEADER_BYTES:
-            raise ValueError(f"{path!r}: header of {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
-        raw = f.read(n)
+
+
+def _read_header(path: str, blob: bytes) -> Tuple[Dict[str, dict], Dict[str, str]]:
+    """Parse and check a safetensors header against the file size before using any data."""
+    size = len(blob)
+    if size < 8:
+        raise ValueError(f"{path!r} is not a sparsekit file: {size} bytes, truncated before the header")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > size - 8:
+        raise ValueError(f"{path!r} is truncated or corrupt: header claims {n} bytes, file has {size - 8}")
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"{path!r}: header of {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    raw = blob[8:8 + n]
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -310,7 +315,8 @@ def load(path: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
-    header, meta = _read_header(path)
+    blob = _read_file(path)
+    header, meta = _read_header(path, blob)
     layers_raw = _json_field(meta, "layers", dict, path)
     identities = _json_field(meta, "identities", list, path)
     aliases = _json_field(meta, "aliases", dict, path)
@@ -361,30 +367,35 @@ def load(path: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
             raise ValueError(f"{path!r}: module {name!r} was absorbed into a sparse layer, but in this model "
                              f"it is a {type(target).__name__}")
 
-    with safe_open(path, framework="pt") as f:
-        def get(key: str) -> Tensor:
-            return f.get_tensor(key)
+    try:
+        tensors = safetensors_load(blob)  # copies out of `blob`: nothing aliases the file
+    except Exception as exc:  # noqa: BLE001 - the header was checked; anything left is corruption
+        raise ValueError(f"{path!r}: unreadable tensor data ({exc})") from None
+    del blob
 
-        built: Dict[str, nn.Module] = {}
-        for name, lm in layers.items():
-            prefix = f"{name}." if name else ""
-            try:
-                m = SparseMatrix.from_arrays(lm["shape"], get(prefix + "weight_indptr"),
-                                             get(prefix + "weight_indices"), get(prefix + "weight_values"),
-                                             block=lm["block"], index_dtype=lm["index_dtype"])
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{path!r}: layer {name!r} holds invalid sparse arrays: {exc}") from None
-            bias = get(prefix + "bias") if lm["bias"] else None
-            if bias is not None and tuple(bias.shape) != (lm["shape"][0],):
-                raise ValueError(f"{path!r}: {prefix}bias must have shape ({lm['shape'][0]},)")
-            if lm["type"] == "SparseLinear":
-                built[name] = SparseLinear(m, bias, lm["activation"])
-            else:
-                built[name] = _SPARSE_TYPES[lm["type"]](
-                    m, lm["in_channels"], lm["out_channels"], lm["kernel_size"], lm["stride"], lm["padding"],
-                    lm["dilation"], lm["padding_mode"], bias, lm["activation"])
-        sparse_keys = {(f"{n}.{k}" if n else k) for n in layers for k in _SPARSE_KEYS}
-        rest = {k: get(k) for k in header if k not in sparse_keys}
+    def get(key: str) -> Tensor:
+        return tensors[key]
+
+    built: Dict[str, nn.Module] = {}
+    for name, lm in layers.items():
+        prefix = f"{name}." if name else ""
+        try:
+            m = SparseMatrix.from_arrays(lm["shape"], get(prefix + "weight_indptr"),
+                                         get(prefix + "weight_indices"), get(prefix + "weight_values"),
+                                         block=lm["block"], index_dtype=lm["index_dtype"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path!r}: layer {name!r} holds invalid sparse arrays: {exc}") from None
+        bias = get(prefix + "bias") if lm["bias"] else None
+        if bias is not None and tuple(bias.shape) != (lm["shape"][0],):
+            raise ValueError(f"{path!r}: {prefix}bias must have shape ({lm['shape'][0]},)")
+        if lm["type"] == "SparseLinear":
+            built[name] = SparseLinear(m, bias, lm["activation"])
+        else:
+            built[name] = _SPARSE_TYPES[lm["type"]](
+                m, lm["in_channels"], lm["out_channels"], lm["kernel_size"], lm["stride"], lm["padding"],
+                lm["dilation"], lm["padding_mode"], bias, lm["activation"])
+    sparse_keys = {(f"{n}.{k}" if n else k) for n in layers for k in _SPARSE_KEYS}
+    rest = {k: get(k) for k in header if k not in sparse_keys}
     for k, v in aliases.items():
         rest[k] = rest[v] if v in rest else None
         if rest[k] is None:

@@ -41,6 +41,10 @@ __all__ = ["SparseLinear", "SparseConv1d", "SparseConv2d", "effective_weight", "
 
 ACTIVATIONS = (None, "relu", "gelu")
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+_jit_tracing = torch.jit.is_tracing
+_grad_enabled = torch.is_grad_enabled
+_F32 = torch.float32
+_STRIDED = torch.strided
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> Optional[Tensor]:
@@ -113,6 +117,7 @@ class _SparseBase(nn.Module):
         self.register_buffer("weight_indices", _ops._index_tensor(weight.indices))
         self.register_buffer("weight_values", torch.from_numpy(np.array(weight.values, copy=True)))
         self.register_buffer("bias", _check_bias(bias, self._rows))
+        self.__dict__.pop("_np_cache", None)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -209,7 +214,12 @@ class _SparseBase(nn.Module):
                 if probe.device.type != "cpu":
                     raise ValueError(f"{type(self).__name__} runs on the CPU only; cannot move it to "
                                      f"{probe.device}")
-        return super()._apply(fn, *args, **kwargs)
+        # fn may swap a buffer's storage in place (share_memory_): never keep views of the old one.
+        self.__dict__.pop("_np_cache", None)
+        try:
+            return super()._apply(fn, *args, **kwargs)
+        finally:
+            self.__dict__.pop("_np_cache", None)
 
     # ------------------------------------------------------------ serialisation
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -307,8 +317,17 @@ class SparseLinear(_SparseBase):
         return lin.eval()
 
     def forward(self, x: Tensor) -> Tensor:
-        fast = self._fast(x)
-        if not fast:
+        # The common case inlined (this is the batch-1 latency path): plain float32 CPU
+        # input of the right width, no autograd, not tracing.
+        if (type(x) is Tensor and x.dtype is _F32 and x.is_cpu and x.layout is _STRIDED
+                and not (_grad_enabled() and (self.training or x.requires_grad))
+                and not _is_compiling() and not _jit_tracing()):
+            shape = x.shape
+            if len(shape) >= 1 and shape[-1] == self._cols:
+                return _ops.run_linear(x, self._arrays(), self._rows, self._act, self._cols, self._block)
+            fast = True
+        else:
+            fast = False
             self._check_input(x)
         if x.dim() < 1 or x.shape[-1] != self._cols:
             raise ValueError(f"SparseLinear: input's last dimension must be in_features = {self._cols}, "

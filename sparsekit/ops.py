@@ -111,12 +111,19 @@ def run_linear(x: Tensor, arrays: tuple, out_features: int, activation: int, col
     """Eager fast path (no dispatcher): ``x`` float32 CPU, last dim ``cols``. Internal."""
     if not x.is_contiguous():
         x = x.contiguous()  # contiguous input is used in place
-    lead = tuple(x.shape[:-1])
-    n = math.prod(lead)
-    y = np.empty(lead + (out_features,), dtype=np.float32)  # numpy allocation is ~3x cheaper than torch's
+    xn = x.numpy()
     ip, ix, vs, b = arrays
-    _core.spmm(out_features, cols, block[0], block[1], ip, ix, vs, x.numpy().reshape(n, cols), b,
-               activation, y.reshape(n, out_features), False, _threads_for(vs.size * n))
+    if xn.ndim == 2:
+        n = xn.shape[0]
+        y = y2 = np.empty((n, out_features), dtype=np.float32)  # numpy allocation is cheaper than torch's
+    else:
+        lead = xn.shape[:-1]
+        n = math.prod(lead)
+        xn = xn.reshape(n, cols)
+        y = np.empty(lead + (out_features,), dtype=np.float32)
+        y2 = y.reshape(n, out_features)
+    _core.spmm(out_features, cols, block[0], block[1], ip, ix, vs, xn, b, activation, y2, False,
+               _threads_for(vs.size * n))
     return torch.from_numpy(y)
 
 

@@ -339,7 +339,7 @@ def test_convert_explicit_format_round_trip(fmt, expected, pruned_state_file, tm
 
 def test_convert_auto_prints_a_decision_per_layer(pruned_state_file, tmp_path, capsys):
     out = str(tmp_path / "sparse.safetensors")
-    assert main(["convert", pruned_state_file, "-o", out, *FACTORY]) == 0
+    assert main(["convert", pruned_state_file, "-o", out, "--batch-sizes", "1,4", *FACTORY]) == 0
     text = capsys.readouterr().out
     rows = [ln for ln in text.splitlines() if ln.split()[:2] in (["0", "Linear"], ["2", "Linear"], ["4", "Linear"])]
     assert len(rows) == 3, text
@@ -366,6 +366,8 @@ def test_convert_unloadable_model_is_exit_1(tmp_path, capsys):
 @pytest.mark.parametrize("extra,fragment", [
     (["--format", "diagonal"], "--format"),
     (["--format", "0x4"], "--format"),
+    (["--batch-sizes", "0"], "--batch-sizes"),
+    (["--batch-sizes", "one"], "--batch-sizes"),
     ([], "--factory"),
 ])
 def test_convert_bad_options(extra, fragment, pruned_state_file, tmp_path, capsys):

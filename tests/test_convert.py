@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+import sparsekit
 from sparsekit.convert import ConversionReport, clear_timing_cache, convert
 from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear
 
@@ -171,6 +172,14 @@ def test_nested_modules_mha_and_other_dtypes_untouched(gen):
         assert_outputs_match(out(x), model(x), 300)
 
 
+def test_lazy_and_meta_layers_stay_dense(gen):
+    model = nn.Sequential(nn.LazyLinear(4), nn.Linear(4, 4, device="meta"))
+    out = convert(model, format="csr")
+    assert out.sparsekit_summary["0"].reason == "uninitialised weight"
+    assert "meta" in out.sparsekit_summary["1"].reason
+    assert type(out[1]) is nn.Linear
+
+
 def test_shared_layer_is_not_fused(gen):
     shared = nn.Linear(8, 8)
     model = prune_(nn.Sequential(shared, nn.ReLU(), shared), 0.5, gen).eval()
@@ -297,8 +306,9 @@ def _run_example(name: str) -> dict:
     try:
         spec.loader.exec_module(module)
         return module.main(["--quick"])
-    finally:
+    finally:  # the examples set thread counts; leave the process as the other tests expect it
         torch.set_num_threads(threads)
+        sparsekit.set_num_threads(None)
 
 
 def test_example_mlp_quick():

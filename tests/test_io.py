@@ -298,3 +298,19 @@ def test_conv_round_trip_keeps_geometry(tmp_path, gen):
     with torch.no_grad():
         torch.testing.assert_close(back(x), out(x), rtol=0, atol=0)
         torch.testing.assert_close(back(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_loaded_model_survives_its_file_being_rewritten(tmp_path):
+    # safetensors' safe_open maps the file: tensors taken from it die with a SIGBUS
+    # once the file is truncated in place. load() must copy everything out.
+    import sparsekit
+
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(torch.nn.Linear(12, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    path = tmp_path / "m.safetensors"
+    sparsekit.save(sparsekit.convert(dense, format="csr"), path)
+    loaded = sparsekit.load(path, torch.nn.Sequential(torch.nn.Linear(12, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3)))
+    with open(path, "wb") as f:  # truncate and rewrite in place (same inode)
+        f.write(b"\0" * 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(torch.ones(2, 12)), dense(torch.ones(2, 12)), rtol=1e-5, atol=1e-6)

@@ -183,6 +183,17 @@ def test_dtype_and_device_moves_are_refused():
     assert sparse.float() is sparse and sparse.to("cpu") is sparse
 
 
+def test_share_memory_keeps_results(gen):
+    w = sparse_weight((32, 48), 0.2, gen)
+    layer = SparseLinear(sparsekit.SparseMatrix.from_dense(w), torch.randn(32, generator=gen))
+    x = torch.randn(4, 48, generator=gen)
+    with torch.no_grad():
+        before = layer(x)  # fills the cache of numpy views
+        layer.share_memory()  # swaps the buffers' storage in place
+        assert layer.weight_values.is_shared()
+        torch.testing.assert_close(layer(x), before, rtol=0, atol=0)
+
+
 def test_repr_like_dense_twins(gen):
     w = torch.zeros(8, 20)
     w.view(-1)[::8] = 1.0  # 20 of 160
