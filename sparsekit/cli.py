@@ -650,7 +650,7 @@ def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
     if with_bench_options:
         try:
             bench = _bench_module()
-            parents = [getattr(bench, "build_parser", None) or bench._parser()]
+            parents = [bench._parser()]
         except Exception:  # a broken or missing report must not break the other commands
             parents = []
     p = sub.add_parser("bench", help="run the benchmark report",
