@@ -49,6 +49,15 @@ def simd(request):
         yield request.param
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one intra-op thread for the test (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
 def threads(request) -> int:
     return request.param

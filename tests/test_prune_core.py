@@ -13,13 +13,8 @@ from sparsekit.prune import (NM, Blocks, Channels, Criterion, Inputs, Magnitude,
                              Unstructured, get_mask, make_permanent, parse_granularity, prune, sparsity_report)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(seed: int = 0) -> nn.Module:

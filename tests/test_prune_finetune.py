@@ -10,13 +10,8 @@ from sparsekit.prune import (L1, L2, ConstantSparsity, ElasticNet, GroupLasso, P
                              get_mask, iterative_prune, prune, sparsity_report)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 mse = nn.functional.mse_loss
 

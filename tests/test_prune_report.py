@@ -14,13 +14,8 @@ from sparsekit.prune import get_mask, make_permanent, prune, sparsity_report
 from sparsekit.prune.report import csr_nbytes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_counts_bytes_and_zero_rows_cols():

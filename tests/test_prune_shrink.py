@@ -9,12 +9,8 @@ from torch import nn
 from sparsekit.prune import InputSelect, get_mask, prune, shrink
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _params(m):

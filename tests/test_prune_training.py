@@ -16,13 +16,8 @@ from torch import nn
 from sparsekit.prune import ConstantSparsity, PolynomialDecay, Pruner, get_mask, make_permanent, prune, sparsity_report
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread is faster and immune to a busy machine's oversubscription.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mlp(seed: int = 0) -> nn.Module:
