@@ -160,3 +160,30 @@ def test_dataloader_fork_workers_use_sparsekit():
     )
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout.strip()) == sum(4 * 256 * i for i in range(8))
+
+
+def test_torch_and_sparsekit_thread_settings_together():
+    # Both libraries drive the same libgomp: mixing their thread counts in one process,
+    # in every combination, must neither deadlock nor change sparsekit's results.
+    proc = run_python(
+        """
+        import numpy as np, torch, sparsekit
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal((512, 512)).astype(np.float32)
+        w[rng.random(w.shape) < 0.8] = 0
+        m = sparsekit.SparseMatrix.from_dense(w)
+        x = torch.from_numpy(rng.standard_normal((64, 512)).astype(np.float32))
+        ref = sparsekit.linear(x, m, threads=1)
+        a = torch.randn(256, 256)
+        for tt in (1, 2):
+            for st in (1, 2):
+                torch.set_num_threads(tt)
+                sparsekit.set_num_threads(st)
+                for _ in range(20):
+                    torch.mm(a, a)
+                    assert torch.equal(sparsekit.linear(x, m), ref)
+        print("ok")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
