@@ -65,14 +65,6 @@ int threads_for(int64_t fmas, int requested) {
   return static_cast<int>(std::min<int64_t>({requested, useful, kMaxThreads}));
 }
 
-float apply_activation(float v, Activation act) {
-  switch (act) {
-    case Activation::Relu: return v < 0.f ? 0.f : v;  // keeps NaN, like torch
-    case Activation::Gelu: return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752440f));
-    default: return v;
-  }
-}
-
 namespace {
 template <class I>
 void propagate_impl(const Problem& p, const I* idx) {

@@ -32,7 +32,5 @@ int threads_for(int64_t fmas, int requested);
 // while the sparse kernels never read those columns. Cheap when x is finite.
 void propagate_nonfinite(const Problem& p);
 
-float apply_activation(float v, Activation act);
-
 }  // namespace detail
 }  // namespace sparsekit
