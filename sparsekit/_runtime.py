@@ -63,6 +63,13 @@ def _apply_env_simd() -> None:
 _apply_env_simd()
 
 
+def _check_thread_count(n: object, name: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{name} must be an int or None, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{name} must be at least 1, got {n}")
+
+
 def set_num_threads(n: int | None) -> None:
     """Set the number of threads sparsekit's kernels use (``None`` follows torch).
 
@@ -75,10 +82,7 @@ def set_num_threads(n: int | None) -> None:
     """
     global _num_threads
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int or None, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
+        _check_thread_count(n, "n")
     with _lock:
         _num_threads = n
 
@@ -101,10 +105,7 @@ def resolve_threads(threads: int | None) -> int:
     """Validates a per-call thread count; ``None`` means :func:`get_num_threads`."""
     if threads is None:
         return get_num_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int):
-        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+    _check_thread_count(threads, "threads")
     return 1 if _forked_child else threads
 
 

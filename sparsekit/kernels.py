@@ -79,6 +79,16 @@ def _check_out(out: Array, expected_shape: tuple, x_is_torch: bool, x_np: np.nda
     return out_np
 
 
+def _output(out: Optional[Array], shape: tuple, is_torch: bool, x_np: np.ndarray):
+    """(result to return, float32 numpy view the kernel writes): a new array of the
+    input's kind, or the caller's validated ``out``."""
+    if out is not None:
+        return out, _check_out(out, shape, is_torch, x_np)
+    y_np = np.empty(shape, dtype=np.float32)
+    # numpy-allocated and shared with the tensor: cheaper than torch.empty().numpy()
+    return (torch.from_numpy(y_np) if is_torch else y_np), y_np
+
+
 def _check_bias(bias: Optional[Array], rows: int) -> Optional[np.ndarray]:
     if bias is None:
         return None
@@ -148,15 +158,7 @@ def linear(x: Array, w: SparseMatrix, bias: Optional[Array] = None,
     n_threads = resolve_threads(threads)
     lead = x_np.shape[:-1]
     out_shape = tuple(lead) + (rows,)
-    if out is None:
-        if is_torch:  # numpy-allocated, shared with the tensor: cheaper than torch.empty().numpy()
-            y_np = np.empty(out_shape, dtype=np.float32)
-            result = torch.from_numpy(y_np)
-        else:
-            result = y_np = np.empty(out_shape, dtype=np.float32)
-    else:
-        y_np = _check_out(out, out_shape, is_torch, x_np)
-        result = out
+    result, y_np = _output(out, out_shape, is_torch, x_np)
     n = math.prod(lead)  # a tuple of ints: much cheaper than np.prod per call
     _run(w, x_np.reshape(n, cols), b, act, y_np.reshape(n, rows), False, n_threads)
     return result
@@ -190,14 +192,6 @@ def matmul(w: SparseMatrix, x: Array, out: Optional[Array] = None, *,
     x2d = x_np if x_np.ndim == 2 else x_np.reshape(cols, 1)
     n = x2d.shape[1]
     out_shape = (rows, n) if x_np.ndim == 2 else (rows,)
-    if out is None:
-        if is_torch:  # numpy-allocated, shared with the tensor: cheaper than torch.empty().numpy()
-            y_np = np.empty(out_shape, dtype=np.float32)
-            result = torch.from_numpy(y_np)
-        else:
-            result = y_np = np.empty(out_shape, dtype=np.float32)
-    else:
-        y_np = _check_out(out, out_shape, is_torch, x_np)
-        result = out
+    result, y_np = _output(out, out_shape, is_torch, x_np)
     _run(w, x2d, None, 0, y_np.reshape(rows, n), True, n_threads)
     return result
