@@ -16,9 +16,16 @@ def validate_bsr(
     rows: int, cols: int, br: int, bc: int, indptr: npt.NDArray[np.int64], indices: _Index,
     values: npt.NDArray[np.float32],
 ) -> None: ...
-def spmm(
-    rows: int, cols: int, br: int, bc: int, indptr: npt.NDArray[np.int64], indices: _Index,
-    values: npt.NDArray[np.float32], x: npt.NDArray[np.float32],
-    bias: Optional[npt.NDArray[np.float32]], activation: int, y: npt.NDArray[np.float32],
-    matmul: bool, threads: int,
-) -> None: ...
+class Weight:
+    """Block-CSR arrays checked once and kept alive; sparse x dense products on them."""
+
+    def __init__(
+        self, rows: int, cols: int, br: int, bc: int, indptr: npt.NDArray[np.int64], indices: _Index,
+        values: npt.NDArray[np.float32], bias: Optional[npt.NDArray[np.float32]], activation: int,
+    ) -> None: ...
+    def linear_raw(self, x: int, y: int, n: int, threads: int) -> None: ...
+    def matmul_raw(self, x: int, y: int, batch: int, len: int, threads: int) -> None: ...
+    def run(
+        self, x: npt.NDArray[np.float32], bias: Optional[npt.NDArray[np.float32]], activation: int,
+        y: npt.NDArray[np.float32], matmul: bool, threads: int,
+    ) -> None: ...

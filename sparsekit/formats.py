@@ -107,7 +107,7 @@ class SparseMatrix:
                [1., 0., 0.]], dtype=float32)
     """
 
-    __slots__ = ("_shape", "_block", "_indptr", "_indices", "_values", "_nnz", "__weakref__")
+    __slots__ = ("_shape", "_block", "_indptr", "_indices", "_values", "_nnz", "_kernel", "__weakref__")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(
@@ -129,6 +129,9 @@ class SparseMatrix:
         self._indices = indices
         self._values = values
         self._nnz = self._count_logical(shape, block, indptr, indices)
+        # The compiled kernel object over these (read-only) arrays, built once.
+        self._kernel = _core.Weight(shape[0], shape[1], block[0], block[1], indptr, indices,
+                                    values.reshape(-1), None, 0)
         return self
 
     @staticmethod
@@ -406,7 +409,7 @@ class SparseMatrix:
         other = SparseMatrix.from_arrays(state["shape"], state["indptr"], state["indices"],
                                          state["values"], block=state["block"],
                                          index_dtype=str(np.asarray(state["indices"]).dtype))
-        for name in ("_shape", "_block", "_indptr", "_indices", "_values", "_nnz"):
+        for name in ("_shape", "_block", "_indptr", "_indices", "_values", "_nnz", "_kernel"):
             object.__setattr__(self, name, getattr(other, name))
 
     def __reduce__(self):

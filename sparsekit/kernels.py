@@ -8,7 +8,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from sparsekit._runtime import _core, resolve_threads
+from sparsekit._runtime import resolve_threads
 from sparsekit.formats import SparseMatrix
 
 ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
@@ -106,10 +106,7 @@ def _activation_code(activation: Optional[str]) -> int:
 
 def _run(w: SparseMatrix, x2d: np.ndarray, bias: Optional[np.ndarray], act: int, y2d: np.ndarray,
          matmul: bool, threads: int) -> None:
-    rows, cols = w.shape
-    r, c = w.block
-    _core.spmm(rows, cols, r, c, w._indptr, w._indices, w._values.reshape(-1), x2d, bias, act,
-               y2d, matmul, threads)
+    w._kernel.run(x2d, bias, act, y2d, matmul, threads)
 
 
 def linear(x: Array, w: SparseMatrix, bias: Optional[Array] = None,

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsekit import ops as _ops  # registers torch.ops.sparsekit.*
+from sparsekit._runtime import _core
 from sparsekit.formats import SparseMatrix
 
 __all__ = ["SparseLinear", "SparseConv1d", "SparseConv2d", "effective_weight", "ACTIVATIONS"]
@@ -179,8 +180,9 @@ class _SparseBase(nn.Module):
                 and not (torch.is_grad_enabled() and (self.training or x.requires_grad))
                 and not _is_compiling() and not torch.jit.is_tracing())
 
-    def _arrays(self) -> tuple:
-        """Numpy views of the buffers, cached until a buffer is replaced (``.to()``, loading).
+    def _kernel(self) -> "_core.Weight":
+        """The compiled kernel object on views of the buffers, cached until a buffer is
+        replaced (``.to()``, loading) or the activation changes.
 
         The cache only ever holds views of the current buffers and is rebuilt from scratch
         when stale, so concurrent callers at worst rebuild it twice; it is not copied by
@@ -188,15 +190,16 @@ class _SparseBase(nn.Module):
         """
         b = self._buffers
         ip, ix, v, bias = b["weight_indptr"], b["weight_indices"], b["weight_values"], b["bias"]
+        act = self._act
         c = self.__dict__.get("_np_cache")
-        if c is not None and c[0] is ip and c[1] is ix and c[2] is v and c[3] is bias:
-            return c[4]
+        if c is not None and c[0] is ip and c[1] is ix and c[2] is v and c[3] is bias and c[4] == act:
+            return c[5]
         if v.dtype != torch.float32 or not v.is_cpu:
             raise TypeError(f"{type(self).__name__}: weight buffers were moved to {v.dtype} on "
                             f"{v.device}; sparse layers hold float32 CPU weights only")
-        arrays = _ops.numpy_arrays(ip, ix, v, bias)
-        self.__dict__["_np_cache"] = (ip, ix, v, bias, arrays)
-        return arrays
+        kernel = _ops.make_kernel(ip, ix, v, bias, self._rows, self._cols, act)
+        self.__dict__["_np_cache"] = (ip, ix, v, bias, act, kernel)
+        return kernel
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -324,7 +327,7 @@ class SparseLinear(_SparseBase):
                 and not _is_compiling() and not _jit_tracing()):
             shape = x.shape
             if len(shape) >= 1 and shape[-1] == self._cols:
-                return _ops.run_linear(x, self._arrays(), self._rows, self._act, self._cols, self._block)
+                return _ops.run_linear(x, self._kernel(), self._rows, self._cols)
             fast = True
         else:
             fast = False
@@ -333,7 +336,7 @@ class SparseLinear(_SparseBase):
             raise ValueError(f"SparseLinear: input's last dimension must be in_features = {self._cols}, "
                              f"got shape {tuple(x.shape)}")
         if fast:
-            return _ops.run_linear(x, self._arrays(), self._rows, self._act, self._cols, self._block)
+            return _ops.run_linear(x, self._kernel(), self._rows, self._cols)
         return torch.ops.sparsekit.sparse_linear(x, self.weight_indptr, self.weight_indices,
                                                  self.weight_values, self.bias, self._rows, self._act)
 
@@ -502,7 +505,7 @@ class _SparseConvNd(_SparseBase):
         x4 = x if nd == 2 else x.unsqueeze(2)
         cols, ho, wo = self._lowered(x4, strided=fast)
         if fast:
-            y = _ops.run_matmul(cols, self._arrays(), self._rows, self._act, self._cols, self._block)
+            y = _ops.run_matmul(cols, self._kernel(), self._rows)
         else:
             y = torch.ops.sparsekit.sparse_matmul(cols, self.weight_indptr, self.weight_indices,
                                                   self.weight_values, self.bias, self._rows, self._act)

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from sparsekit._runtime import _core, get_num_threads
 
-__all__ = ["sparse_linear", "sparse_matmul", "run_linear", "run_matmul", "ACTIVATION_CODES"]
+__all__ = ["sparse_linear", "sparse_matmul", "make_kernel", "run_linear", "run_matmul", "ACTIVATION_CODES"]
 
 ACTIVATION_CODES = {None: 0, "relu": 1, "gelu": 2}
 _INDEX_DTYPES = (torch.int32,) + ((torch.uint16,) if hasattr(torch, "uint16") else ())
@@ -91,64 +91,46 @@ def _check_x(name: str, x: Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------- eager kernels
-def numpy_arrays(indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor]) -> tuple:
-    """Numpy views (no copies) of the weight tensors, in the form the compiled kernel takes."""
-    return (indptr.numpy(), indices.numpy(), values.numpy().reshape(-1),
-            None if bias is None else bias.numpy())
+def make_kernel(indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
+                out_features: int, cols: int, activation: int) -> "_core.Weight":
+    """The compiled kernel object for these weight tensors (numpy views, no copies; it keeps
+    them alive). O(1) checks only: the arrays must come from a validated source."""
+    r, c = int(values.shape[1]), int(values.shape[2])
+    return _core.Weight(out_features, cols, r, c, indptr.numpy(), indices.numpy(), values.numpy().reshape(-1),
+                        None if bias is None else bias.numpy(), activation)
 
 
-# Products smaller than this many stored-value x column multiply-adds run on one thread:
-# waking a second OpenMP thread costs more than it saves there (results are identical).
-SMALL_WORK = 1 << 15
+def _dense_input(x: Tensor) -> Tensor:
+    """``x`` itself when its memory can be read as plain C-order float32, else one copy."""
+    if x.is_neg() or not x.is_contiguous():
+        x = x.resolve_neg().contiguous()
+    return x
 
 
-def _threads_for(work: int) -> int:
-    return 1 if work < SMALL_WORK else get_num_threads()
+def run_linear(x: Tensor, kernel: "_core.Weight", out_features: int, cols: int) -> Tensor:
+    """Eager fast path (no dispatcher). Internal: the caller has checked that ``x`` is a
+    float32 strided CPU tensor of last dimension ``cols`` that needs no gradient."""
+    x = _dense_input(x)
+    lead = tuple(x.shape[:-1])
+    n = lead[0] if len(lead) == 1 else math.prod(lead)
+    y = torch.from_numpy(np.empty(lead + (out_features,), dtype=np.float32))  # cheaper than torch.empty
+    kernel.linear_raw(x.data_ptr(), y.data_ptr(), n, get_num_threads())
+    return y
 
 
-def run_linear(x: Tensor, arrays: tuple, out_features: int, activation: int, cols: int,
-               block: tuple) -> Tensor:
-    """Eager fast path (no dispatcher): ``x`` float32 CPU, last dim ``cols``. Internal."""
-    if not x.is_contiguous():
-        x = x.contiguous()  # contiguous input is used in place
-    xn = x.numpy()
-    ip, ix, vs, b = arrays
-    if xn.ndim == 2:
-        n = xn.shape[0]
-        y = y2 = np.empty((n, out_features), dtype=np.float32)  # numpy allocation is cheaper than torch's
-    else:
-        lead = xn.shape[:-1]
-        n = math.prod(lead)
-        xn = xn.reshape(n, cols)
-        y = np.empty(lead + (out_features,), dtype=np.float32)
-        y2 = y.reshape(n, out_features)
-    _core.spmm(out_features, cols, block[0], block[1], ip, ix, vs, xn, b, activation, y2, False,
-               _threads_for(vs.size * n))
-    return torch.from_numpy(y)
+def run_matmul(x: Tensor, kernel: "_core.Weight", out_features: int) -> Tensor:
+    """Eager fast path for ``(N, cols, L)`` or ``(cols, L)`` input. Internal, like :func:`run_linear`.
 
-
-def run_matmul(x: Tensor, arrays: tuple, out_features: int, activation: int, cols: int,
-               block: tuple) -> Tensor:
-    """Eager fast path for ``(N, cols, L)`` or ``(cols, L)`` input. Internal.
-
-    One kernel call per sample on its ``(cols, L)`` slice, writing ``(out, L)`` straight into
+    The kernel runs once per sample on its ``(cols, L)`` slice, writing ``(out, L)`` straight into
     the NCHW result (measured faster than one call on a transposed ``(cols, N * L)`` copy,
-    even for 4x4 feature maps at batch 32).
+    even for 4x4 feature maps at batch 32); the loop over samples is in C++.
     """
     squeeze = x.dim() == 2
-    x3 = x.unsqueeze(0) if squeeze else x
+    x3 = _dense_input(x.unsqueeze(0) if squeeze else x)
     n, _, length = x3.shape
-    ip, ix, vs, b = arrays
-    r, c = block
-    if not x3.is_contiguous():
-        x3 = x3.contiguous()
-    ys = np.empty((n, out_features, length), dtype=np.float32)
-    xs = x3.numpy()
-    threads = _threads_for(vs.size * length)
-    for i in range(n):  # one kernel call per sample: (cols, L) -> (out, L), no transposes
-        _core.spmm(out_features, cols, r, c, ip, ix, vs, xs[i], b, activation, ys[i], True, threads)
-    out = torch.from_numpy(ys)
-    return out[0] if squeeze else out
+    ys = torch.from_numpy(np.empty((n, out_features, length), dtype=np.float32))
+    kernel.matmul_raw(x3.data_ptr(), ys.data_ptr(), n, length, get_num_threads())
+    return ys[0] if squeeze else ys
 
 
 # ------------------------------------------------------------------------------ custom ops
@@ -157,12 +139,12 @@ def sparse_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bi
                   out_features: int, activation: int) -> Tensor:
     """``activation(x @ W.T + bias)`` with W given as block-CSR tensors (see module docs)."""
     _check_x("sparse_linear", x)
-    r, c = _check_arrays("sparse_linear", indptr, indices, values, bias, out_features, activation)
+    _check_arrays("sparse_linear", indptr, indices, values, bias, out_features, activation)
     if x.dim() < 1:
         raise ValueError("sparse_linear: x must have at least 1 dimension")
     cols = int(x.shape[-1])
-    return run_linear(x.detach(), numpy_arrays(indptr, indices, values, bias), out_features, activation,
-                      cols, (r, c))
+    kernel = make_kernel(indptr, indices, values, bias, out_features, cols, activation)
+    return run_linear(x.detach(), kernel, out_features, cols)
 
 
 @sparse_linear.register_fake
@@ -176,13 +158,12 @@ def sparse_matmul(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bi
                   out_features: int, activation: int) -> Tensor:
     """``activation(W @ x[n] + bias[:, None])`` per sample of ``x`` (N, in_features, L)."""
     _check_x("sparse_matmul", x)
-    r, c = _check_arrays("sparse_matmul", indptr, indices, values, bias, out_features, activation)
+    _check_arrays("sparse_matmul", indptr, indices, values, bias, out_features, activation)
     if x.dim() not in (2, 3):
         raise ValueError(f"sparse_matmul: x must be (N, in_features, L) or (in_features, L), "
                          f"got {tuple(x.shape)}")
-    cols = int(x.shape[-2])
-    return run_matmul(x.detach(), numpy_arrays(indptr, indices, values, bias), out_features, activation,
-                      cols, (r, c))
+    kernel = make_kernel(indptr, indices, values, bias, out_features, int(x.shape[-2]), activation)
+    return run_matmul(x.detach(), kernel, out_features)
 
 
 @sparse_matmul.register_fake

@@ -325,3 +325,50 @@ def test_device_and_layout_errors(small):
         sparsekit.linear(torch.ones(2, 3).to_sparse(), small)
     with pytest.raises(ValueError, match="CPU"):
         sparsekit.linear(torch.ones(2, 3, device="meta"), small)
+
+
+# ------------------------------------------------------------------- the kernel object
+def test_kernel_object_checks_its_arrays():
+    from sparsekit._runtime import _core
+
+    ip = np.array([0, 1, 2], np.int64)
+    ix = np.array([0, 1], np.uint16)
+    v = np.ones(2, np.float32)
+    _core.Weight(2, 2, 1, 1, ip, ix, v, None, 0)
+    with pytest.raises(ValueError, match="indptr"):
+        _core.Weight(3, 2, 1, 1, ip, ix, v, None, 0)
+    with pytest.raises(ValueError, match="values"):
+        _core.Weight(2, 2, 1, 1, ip, ix, np.ones(3, np.float32), None, 0)
+    with pytest.raises(ValueError, match="bias"):
+        _core.Weight(2, 2, 1, 1, ip, ix, v, np.ones(3, np.float32), 0)
+    with pytest.raises(ValueError, match="activation"):
+        _core.Weight(2, 2, 1, 1, ip, ix, v, None, 3)
+    with pytest.raises(TypeError):  # no silent conversion of a wrong index dtype
+        _core.Weight(2, 2, 1, 1, ip, ix.astype(np.int64), v, None, 0)
+    k = _core.Weight(2, 2, 1, 1, ip, ix, v, None, 0)
+    with pytest.raises(ValueError, match="columns"):
+        k.run(np.ones((1, 3), np.float32), None, 0, np.empty((1, 2), np.float32), False, 1)
+    with pytest.raises(ValueError, match="wrong shape"):
+        k.run(np.ones((1, 2), np.float32), None, 0, np.empty((2, 2), np.float32), False, 1)
+    with pytest.raises(ValueError, match="threads"):
+        k.run(np.ones((1, 2), np.float32), None, 0, np.empty((1, 2), np.float32), False, 0)
+
+
+def test_kernel_object_keeps_its_arrays_alive(rng):
+    import gc
+
+    from sparsekit._runtime import _core
+
+    dense = (rng.random((40, 30)) < 0.3) * rng.standard_normal((40, 30))
+    m = sparsekit.SparseMatrix.from_dense(dense.astype(np.float32))
+    bias = rng.standard_normal(40).astype(np.float32)
+    k = _core.Weight(40, 30, 1, 1, m.indptr.copy(), m.indices.copy(), m.values.reshape(-1).copy(),
+                     bias.copy(), 1)
+    gc.collect()
+    _ = [np.full(4096, np.nan, np.float32) for _ in range(64)]  # reuse freed memory if any
+    x = rng.standard_normal((3, 30)).astype(np.float32)
+    y = torch.empty(3, 40)
+    xt = torch.from_numpy(x)
+    k.linear_raw(xt.data_ptr(), y.data_ptr(), 3, 2)
+    ref = np.maximum(x.astype(np.float64) @ dense.T + bias, 0)
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-5, atol=1e-5)

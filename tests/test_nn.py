@@ -134,6 +134,34 @@ def test_linear_no_copy_on_contiguous_input(gen):
         torch.testing.assert_close(sparse(xt), sparse(xt.contiguous()), rtol=0, atol=0)
 
 
+def test_views_with_a_negative_bit_are_read_as_their_values(gen):
+    # torch._neg_view shares memory with a lazily negated bit set: the raw fast path
+    # reads memory, so it must resolve the bit first (a silent sign error otherwise).
+    layer = nn.Linear(24, 10)
+    sparse = SparseLinear.from_dense(layer)
+    x = torch.randn(3, 24, generator=gen)
+    xn = torch._neg_view(x)
+    assert xn.is_neg()
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(xn), sparse(-x), rtol=0, atol=0)
+        torch.testing.assert_close(sparsekit.linear(xn, sparse.sparse_weight),
+                                   sparsekit.linear(-x, sparse.sparse_weight), rtol=0, atol=0)
+    conv = SparseConv2d.from_dense(nn.Conv2d(3, 4, 3))
+    xi = torch.randn(2, 3, 6, 6, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(torch._neg_view(xi)), conv(-xi), rtol=0, atol=0)
+
+
+def test_changing_activation_after_construction_is_honoured(gen):
+    w = sparse_weight((16, 20), 0.3, gen)
+    sparse = SparseLinear(sparsekit.SparseMatrix.from_dense(w))
+    x = torch.randn(5, 20, generator=gen)
+    with torch.no_grad():
+        plain = sparse(x)
+        sparse.activation, sparse._act = "relu", 1  # what _set_weight does
+        torch.testing.assert_close(sparse(x), torch.relu(plain), rtol=0, atol=0)
+
+
 def test_linear_bad_input(gen):
     sparse = SparseLinear.from_dense(nn.Linear(8, 4))
     with torch.no_grad():
