@@ -8,6 +8,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from sparsekit import ops as _ops
 from sparsekit._runtime import resolve_threads
 from sparsekit.formats import SparseMatrix
 
@@ -43,6 +44,25 @@ def _to_numpy(a: Array, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(a).__name__}")
     # Non-contiguous input is copied once into C order (documented behaviour).
     return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+
+def _plain_tensor(x: object) -> bool:
+    """A float32 strided CPU tensor (exact type) that needs no gradient."""
+    return (type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.layout is torch.strided
+            and not (x.requires_grad and torch.is_grad_enabled()))
+
+
+def _plain_out(out: object, x: torch.Tensor, rows: int) -> bool:
+    """``out`` is a contiguous plain tensor of shape ``(*x.shape[:-1], rows)`` whose memory does
+    not overlap ``x``'s (anything else takes the checked path, which explains the problem)."""
+    if not (_plain_tensor(out) and out.is_contiguous() and not out.is_neg()):
+        return False
+    if out.shape[:-1] != x.shape[:-1] or out.shape[-1] != rows:
+        return False
+    o0, x0 = out.data_ptr(), x.data_ptr()
+    o1 = o0 + out.numel() * 4
+    x1 = x0 + (x.untyped_storage().nbytes() - x.storage_offset() * 4)  # to the end of x's storage
+    return o1 <= x0 or x1 <= o0 or out.numel() == 0 or x.numel() == 0
 
 
 def _check_weight(w: object) -> SparseMatrix:
@@ -141,9 +161,13 @@ def linear(x: Array, w: SparseMatrix, bias: Optional[Array] = None,
                 [4., 4.]])
     """
     w = _check_weight(w)
+    rows, cols = w.shape
+    if bias is None and activation is None and _plain_tensor(x) and x.dim() >= 1 and x.shape[-1] == cols \
+            and (out is None or _plain_out(out, x, rows)):
+        # The common torch case without numpy views: the weight's own kernel object.
+        return _ops.run_linear(x, w._kernel, rows, cols, resolve_threads(threads), out)
     is_torch = isinstance(x, torch.Tensor)
     x_np = _to_numpy(x, "x")
-    rows, cols = w.shape
     if x_np.ndim < 1:
         raise ValueError("x must have at least 1 dimension (in_features)")
     if x_np.shape[-1] != cols:

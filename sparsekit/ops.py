@@ -107,15 +107,19 @@ def _dense_input(x: Tensor) -> Tensor:
     return x
 
 
-def run_linear(x: Tensor, kernel: "_core.Weight", out_features: int, cols: int) -> Tensor:
+def run_linear(x: Tensor, kernel: "_core.Weight", out_features: int, cols: int,
+               threads: Optional[int] = None, out: Optional[Tensor] = None) -> Tensor:
     """Eager fast path (no dispatcher). Internal: the caller has checked that ``x`` is a
-    float32 strided CPU tensor of last dimension ``cols`` that needs no gradient."""
+    float32 strided CPU tensor of last dimension ``cols`` that needs no gradient, and that
+    ``out``, if given, is a contiguous float32 CPU tensor of the result's shape not
+    overlapping ``x``."""
     x = _dense_input(x)
     lead = tuple(x.shape[:-1])
     n = lead[0] if len(lead) == 1 else math.prod(lead)
-    y = torch.from_numpy(np.empty(lead + (out_features,), dtype=np.float32))  # cheaper than torch.empty
-    kernel.linear_raw(x.data_ptr(), y.data_ptr(), n, get_num_threads())
-    return y
+    if out is None:  # numpy allocation is cheaper than torch.empty
+        out = torch.from_numpy(np.empty(lead + (out_features,), dtype=np.float32))
+    kernel.linear_raw(x.data_ptr(), out.data_ptr(), n, get_num_threads() if threads is None else threads)
+    return out
 
 
 def run_matmul(x: Tensor, kernel: "_core.Weight", out_features: int) -> Tensor:

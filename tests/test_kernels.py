@@ -310,6 +310,15 @@ def test_out_must_not_overlap_input(small):
     tbuf = torch.zeros(20)
     with pytest.raises(ValueError, match="overlap"):
         sparsekit.linear(tbuf[:6].view(2, 3), small, out=tbuf[2:10].view(2, 4))
+    with pytest.raises(ValueError, match="overlap"):  # out ends inside x
+        sparsekit.linear(tbuf[6:12].view(2, 3), small, out=tbuf[0:8].view(2, 4))
+    # Neighbours in one buffer that do not overlap are fine, on either side.
+    tbuf = torch.arange(40, dtype=torch.float32)
+    expect = sparsekit.linear(tbuf[10:16].view(2, 3).clone(), small)
+    for lo in (0, 16):
+        out = tbuf[lo:lo + 8].view(2, 4)
+        assert sparsekit.linear(tbuf[10:16].view(2, 3), small, out=out) is out
+        torch.testing.assert_close(out, expect, rtol=0, atol=0)
 
 
 def test_autograd_input_is_refused(small):
