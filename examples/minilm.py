@@ -27,11 +27,10 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Sequence
+from typing import Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,6 +40,7 @@ from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 import sparsekit  # noqa: E402
+from sparsekit.bench import interleaved_times, resident_bytes  # noqa: E402
 from sparsekit.convert import convert  # noqa: E402
 from sparsekit.io import load, save  # noqa: E402
 from sparsekit.prune import make_permanent, prune  # noqa: E402
@@ -102,27 +102,6 @@ def encode(model, sentences) -> torch.Tensor:
 
 def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
-
-
-def interleaved_times(fns: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, dict]:
-    for f in fns.values():
-        f()
-    samples = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            samples[k].append(time.perf_counter() - t0)
-    return {k: {"min_ms": min(v) * 1e3, "median_ms": statistics.median(v) * 1e3} for k, v in samples.items()}
-
-
-def resident_bytes(model: nn.Module) -> int:
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.numel() and t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import sparsekit
+from sparsekit.bench import interleaved_times, resident_bytes
 from sparsekit.convert import convert
 from sparsekit.io import load, save
 from sparsekit.prune import PolynomialDecay, Pruner, make_permanent, prune
@@ -75,35 +75,6 @@ def train_pruned(model, data, sparsity: float, steps: int, batch: int = 1024, se
                 break
     # The schedule ends at `sparsity`; one last prune makes it exact even for short runs.
     prune(model, sparsity)
-
-
-def interleaved_times(fns: Dict[str, Callable[[], object]], rounds: int, min_round_s: float) -> Dict[str, dict]:
-    """Per-call seconds for each function: rounds alternate between them (fair under load)."""
-    reps = {}
-    for k, f in fns.items():
-        for _ in range(3):
-            f()
-        t0 = time.perf_counter()
-        f()
-        reps[k] = max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-7)))
-    samples = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(reps[k]):
-                f()
-            samples[k].append((time.perf_counter() - t0) / reps[k])
-    return {k: {"min_ms": min(v) * 1e3, "median_ms": statistics.median(v) * 1e3} for k, v in samples.items()}
-
-
-def resident_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer (what the model keeps in memory for inference)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

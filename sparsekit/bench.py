@@ -255,6 +255,54 @@ def _measure_once(fns: Dict[str, Callable[[], object]], budget: float, min_calls
             for name, t in times.items()}
 
 
+def interleaved_times(fns: Dict[str, Callable[[], object]], rounds: int,
+                      min_round_s: float = 0.0) -> Dict[str, dict]:
+    """Per-call milliseconds of each callable, ``{"min_ms", "median_ms"}`` over ``rounds``.
+
+    Every round calls each function in turn (fair under load from other processes),
+    ``k`` times in a row where ``k`` makes one function's share of a round last about
+    ``min_round_s`` (at least once). This is what the end-to-end examples report.
+
+    Example:
+        >>> from sparsekit.bench import interleaved_times
+        >>> t = interleaved_times({"noop": lambda: None}, rounds=3)
+        >>> sorted(t["noop"])
+        ['median_ms', 'min_ms']
+    """
+    reps = {}
+    for k, f in fns.items():
+        for _ in range(3):
+            f()
+        t0 = time.perf_counter()
+        f()
+        reps[k] = max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-7)))
+    samples: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(reps[k]):
+                f()
+            samples[k].append((time.perf_counter() - t0) / reps[k])
+    return {k: {"min_ms": min(v) * 1e3, "median_ms": float(np.median(v)) * 1e3} for k, v in samples.items()}
+
+
+def resident_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every distinct parameter and buffer: what a model keeps in memory for inference.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.bench import resident_bytes
+        >>> resident_bytes(torch.nn.Linear(4, 2))  # 8 weights + 2 biases, float32
+        40
+    """
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.numel() and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
 @functools.lru_cache(maxsize=4)
 def _stream_buffer(nbytes: int, copies: int = 1) -> Tuple[np.ndarray, ...]:
     n = max(1, nbytes // 4)
