@@ -69,6 +69,31 @@ def _as_numpy_2d(w: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
+# Dense elements SparseMatrix.from_dense looks at in one go: bounds its working memory
+# (masks, nonzero positions, a padded edge) to a few MiB whatever the matrix size.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _block_row_chunks(arr: np.ndarray, r: int, c: int):
+    """Yields ``(first block row, blocks)`` over ``arr`` a few block rows at a time.
+
+    ``blocks`` is shaped ``(block rows, block cols, r, c)``: a view of ``arr`` when the
+    slice allows it, else a zero-padded copy of just that slice (edges the block does not
+    divide, non-contiguous input).
+    """
+    rows, cols = arr.shape
+    nbr, nbc = -(-rows // r), -(-cols // c)
+    step = max(1, _CHUNK_ELEMENTS // max(1, nbc * r * c))
+    for b0 in range(0, nbr, step):
+        b1 = min(nbr, b0 + step)
+        part = arr[b0 * r:b1 * r]
+        if part.shape != ((b1 - b0) * r, nbc * c):
+            padded = np.zeros(((b1 - b0) * r, nbc * c), dtype=np.float32)
+            padded[:part.shape[0], :cols] = part
+            part = padded
+        yield b0, part.reshape(b1 - b0, r, nbc, c).transpose(0, 2, 1, 3)
+
+
 def _check_shape(shape: Any) -> Tuple[int, int]:
     if (
         not isinstance(shape, (tuple, list))
@@ -165,20 +190,28 @@ class SparseMatrix:
         rows, cols = arr.shape
         nbr, nbc = -(-rows // r), -(-cols // c)
         idx_dtype = _index_dtype_for(nbc, index_dtype)
-        if (nbr * r, nbc * c) != (rows, cols):
-            padded = np.zeros((nbr * r, nbc * c), dtype=np.float32)
-            padded[:rows, :cols] = arr
-        else:
-            padded = arr
-        blocks = padded.reshape(nbr, r, nbc, c).transpose(0, 2, 1, 3)  # (nbr, nbc, r, c)
-        keep = (blocks != 0).any(axis=(2, 3))  # NaN != 0, so NaN weights are kept
-        counts = keep.sum(axis=1, dtype=np.int64)
+        # Two passes over a few block rows at a time (count, then fill arrays of the final
+        # size): the working memory stays bounded by _CHUNK_ELEMENTS instead of growing with
+        # the matrix (no padded copy, no whole-matrix masks or index arrays).
+        counts = np.zeros(nbr, dtype=np.int64)
+        for b0, blocks in _block_row_chunks(arr, r, c):
+            keep = (blocks != 0).any(axis=(2, 3))  # NaN != 0, so NaN weights are kept
+            counts[b0:b0 + keep.shape[0]] = keep.sum(axis=1, dtype=np.int64)
         indptr = np.zeros(nbr + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
-        block_row, block_col = np.nonzero(keep)
-        values = np.ascontiguousarray(blocks[block_row, block_col], dtype=np.float32)
-        indices = block_col.astype(idx_dtype)
-        return cls._trusted((rows, cols), (r, c), indptr, indices, values.reshape(-1, r, c))
+        n_blocks = int(indptr[-1])
+        values = np.empty((n_blocks, r, c), dtype=np.float32)
+        indices = np.empty(n_blocks, dtype=idx_dtype)
+        for b0, blocks in _block_row_chunks(arr, r, c):
+            keep = (blocks != 0).any(axis=(2, 3))
+            block_row, block_col = np.nonzero(keep)
+            start = int(indptr[b0])
+            stop = start + len(block_row)
+            if stop != int(indptr[b0 + keep.shape[0]]):  # w was written to between the passes
+                raise ValueError("w changed while it was being compressed")
+            values[start:stop] = blocks[block_row, block_col]
+            indices[start:stop] = block_col
+        return cls._trusted((rows, cols), (r, c), indptr, indices, values)
 
     @classmethod
     def from_arrays(cls, shape: Tuple[int, int], indptr: ArrayLike, indices: ArrayLike,
