@@ -344,7 +344,7 @@ def _decide(name: str, kind: str, layer: nn.Module, w: Tensor, bias: Optional[Te
     At most one sparse candidate exists at a time (besides the dense weight): "auto" builds
     each candidate, times it, keeps its timings only and rebuilds the winner.
     """
-    w2d = w.reshape(w.shape[0], -1).contiguous()
+    w2d = w.reshape(w.shape[0], math.prod(w.shape[1:])).contiguous()  # -1 is ambiguous with 0 rows
     w_np = w2d.numpy()
     if spec == "dense":
         decision.reason = "format='dense'"
@@ -657,8 +657,9 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
         size = int(raw.numel()) if usable else 0
         nnz = int(torch.count_nonzero(w)) if w is not None else size
         rows = int(raw.shape[0]) if usable and raw.dim() else 0
+        cols = math.prod(raw.shape[1:]) if usable and raw.dim() else 0
         dense_bytes = _module_bytes(layer) if ok else 0
-        decision = LayerDecision(name=name, kind=kind, shape=(rows, size // max(1, rows)), format="dense",
+        decision = LayerDecision(name=name, kind=kind, shape=(rows, cols), format="dense",
                                  density=nnz / size if size else 0.0,
                                  stored_density=nnz / size if size else 0.0,
                                  dense_bytes=dense_bytes, bytes=dense_bytes)
@@ -671,6 +672,10 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
             return None, 0
         if kind != "Linear" and layer.groups != 1:
             decision.reason = f"groups={layer.groups} stays dense"
+            return None, 0
+        if kind != "Linear" and 0 in (layer.in_channels, layer.out_channels):
+            # SparseConv1d/2d need at least one channel each way; nothing to gain anyway.
+            decision.reason = "zero channels stay dense"
             return None, 0
         bias = effective_weight(layer, "bias")
         absorbed = 0
