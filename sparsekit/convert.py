@@ -8,6 +8,7 @@ import math
 import numbers
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsekit._runtime import get_num_threads, simd_level
-from sparsekit.formats import BLOCK_SIDES, SparseMatrix
+from sparsekit.formats import BLOCK_SIDES, SparseMatrix, _block_row_chunks
 from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear, _SparseBase, effective_weight
 
 __all__ = ["convert", "ConversionReport", "LayerDecision", "clear_timing_cache"]
@@ -229,11 +230,19 @@ def _layer_kind(m: nn.Module) -> Optional[str]:
 
 
 def _module_bytes(m: nn.Module) -> int:
+    """Bytes of the float32 weight and bias the layer's forward uses (masks applied).
+
+    Computed from shapes: materialising the masked weights here would hold another dense
+    copy of the layer next to the one being converted.
+    """
+    if isinstance(m, _SparseBase):
+        return 0
     total = 0
     for name in ("weight", "bias"):
-        t = effective_weight(m, name) if not isinstance(m, _SparseBase) else None
+        orig, mask = getattr(m, name + "_orig", None), getattr(m, name + "_mask", None)
+        t = orig if isinstance(orig, Tensor) and isinstance(mask, Tensor) else getattr(m, name, None)
         if t is not None:
-            total += t.numel() * t.element_size()
+            total += t.numel() * 4  # effective_weight is float32
     return total
 
 
@@ -277,13 +286,9 @@ def _build(kind: str, layer: nn.Module, m: SparseMatrix, bias: Optional[Tensor],
 def _stored_fraction(w2d: np.ndarray, block: Tuple[int, int]) -> float:
     rows, cols = w2d.shape
     r, c = block
-    nbr, nbc = -(-rows // r), -(-cols // c)
-    if (nbr * r, nbc * c) != (rows, cols):
-        p = np.zeros((nbr * r, nbc * c), dtype=bool)
-        p[:rows, :cols] = w2d != 0
-    else:
-        p = w2d != 0
-    kept = p.reshape(nbr, r, nbc, c).any(axis=(1, 3)).sum()
+    kept = 0
+    for _, blocks in _block_row_chunks(w2d, r, c):  # bounded working memory, no padded copy
+        kept += int((blocks != 0).any(axis=(2, 3)).sum())
     return float(kept) * r * c / max(1, rows * cols)
 
 
@@ -319,19 +324,35 @@ def _geometry(kind: str, layer: nn.Module) -> tuple:
     return (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.padding_mode)
 
 
+def _sparse_layer(kind: str, layer: nn.Module, w_np: np.ndarray, block: Tuple[int, int], bias: Optional[Tensor],
+                  act: Optional[str], index_dtype: str) -> Tuple[nn.Module, tuple]:
+    """The sparse module for one format, and (block, index dtype, stored density) of its weight.
+
+    The intermediate ``SparseMatrix`` is released on return: only the module's own copy of
+    the arrays stays alive.
+    """
+    m = SparseMatrix.from_dense(w_np, block=block, index_dtype=index_dtype)
+    info = (m.block, m.index_dtype, m.density)
+    return _build(kind, layer, m, bias, act), info
+
+
 def _decide(name: str, kind: str, layer: nn.Module, w: Tensor, bias: Optional[Tensor], act: Optional[str],
             spec: FormatSpec, ctx: _Ctx, decision: LayerDecision):
-    """Returns the replacement module, or None to keep the layer dense; fills ``decision``."""
-    w2d = w.reshape(w.shape[0], -1).contiguous()
+    """Returns None to keep the layer dense, else (replacement module, (block, index dtype,
+    stored density)); fills ``decision``.
+
+    At most one sparse candidate exists at a time (besides the dense weight): "auto" builds
+    each candidate, times it, keeps its timings only and rebuilds the winner.
+    """
+    w2d = w.reshape(w.shape[0], math.prod(w.shape[1:])).contiguous()  # -1 is ambiguous with 0 rows
     w_np = w2d.numpy()
     if spec == "dense":
         decision.reason = "format='dense'"
         return None
     if spec != "auto":
         block = (1, 1) if spec == "csr" else spec
-        m = SparseMatrix.from_dense(w_np, block=block, index_dtype=ctx.index_dtype)
         decision.reason = "explicit format"
-        return _build(kind, layer, m, bias, act), m
+        return _sparse_layer(kind, layer, w_np, block, bias, act, ctx.index_dtype)
     if decision.density > AUTO_MAX_DENSITY:
         decision.reason = f"density {decision.density:.2f} > {AUTO_MAX_DENSITY}"
         return None
@@ -354,40 +375,45 @@ def _decide(name: str, kind: str, layer: nn.Module, w: Tensor, bias: Optional[Te
         dense_fn = lambda x: layer._conv_forward(x, dense_w, bias)  # noqa: E731
     else:
         dense_fn = lambda x: layer._conv_forward(x, dense_w, bias)  # noqa: E731
-    fns: Dict[tuple, Callable[[], Any]] = {}
-    labels: Dict[str, tuple] = {}
+    dense_fns: Dict[tuple, Callable[[], Any]] = {}
+    labels: Dict[Tuple[str, int], tuple] = {}
     for b, x in inputs.items():
         key = ("dense", kind, tuple(w.shape), geom, tuple(x.shape), torch.get_num_threads())
-        fns[key] = (lambda x=x: dense_fn(x))
+        dense_fns[key] = (lambda x=x: dense_fn(x))
         labels[("dense", b)] = key
-    built = {}
+    blocks: Dict[str, Tuple[int, int]] = {}
+    measured: Dict[tuple, float] = {}
     for blk in candidates:
-        m = SparseMatrix.from_dense(w_np, block=blk, index_dtype=ctx.index_dtype)
-        module = _build(kind, layer, m, bias, act)
+        # Time each candidate against dense (interleaved; dense timings come from the cache
+        # after the first candidate), then let it go before building the next one.
+        module, (_, index_dtype, density) = _sparse_layer(kind, layer, w_np, blk, bias, act, ctx.index_dtype)
         label = "csr" if blk == (1, 1) else f"bsr{blk[0]}x{blk[1]}"
-        built[label] = (module, m)
+        blocks[label] = blk
+        fns = dict(dense_fns)
         for b, x in inputs.items():
-            key = (label, kind, tuple(w.shape), geom, tuple(x.shape), round(m.density, 3), m.index_dtype,
+            key = (label, kind, tuple(w.shape), geom, tuple(x.shape), round(density, 3), index_dtype,
                    threads, simd_level(), act)
             fns[key] = (lambda x=x, module=module: module(x))
             labels[(label, b)] = key
-    with torch.inference_mode():
-        measured = _cached_times(fns, ctx.budget_s)
+        with torch.inference_mode():
+            measured.update(_cached_times(fns, ctx.budget_s))
+        del fns, module
     times: Dict[str, Dict[int, float]] = {}
     for (label, b), key in labels.items():
         times.setdefault(label, {})[b] = measured[key]
     margin = ctx.min_speedup
     best = None
-    for label, (module, m) in built.items():
+    for label in blocks:
         ok = all(times[label][b] * margin <= times["dense"][b] for b in inputs)
         score = sum(math.log(times[label][b] / times["dense"][b]) for b in inputs)
         if ok and (best is None or score < best[0]):
-            best = (score, label, module, m)
+            best = (score, label)
     decision.times_ms = {k: {b: v * 1e3 for b, v in d.items()} for k, d in times.items()}
     if best is None:
         decision.reason = f"no sparse format beat dense by {margin:g}x at every measured batch"
         return None
-    _, label, module, m = best
+    _, label = best
+    module, info = _sparse_layer(kind, layer, w_np, blocks[label], bias, act, ctx.index_dtype)
     speedup = {b: times["dense"][b] / times[label][b] for b in inputs}
     # Confirm the winner on this very layer with a fresh, uncached interleaved run (the cache
     # shares timings between layers of one shape, so one noisy measurement must not decide
@@ -406,7 +432,89 @@ def _decide(name: str, kind: str, layer: nn.Module, w: Tensor, bias: Optional[Te
         return None
     decision.speedup = speedup
     decision.reason = "fastest measured, confirmed"
-    return module, m
+    return module, info
+
+
+def _layer_tensors(layer: nn.Module) -> Iterator[Tensor]:
+    """Every tensor a convertible layer holds: parameters, buffers and plain tensor attributes
+    (``torch.nn.utils.prune``'s computed ``weight``), its submodules' (parametrizations) too."""
+    for mod in layer.modules():
+        for store in (mod._parameters, mod._buffers):
+            for t in store.values():
+                if isinstance(t, Tensor):
+                    yield t
+        for v in mod.__dict__.values():
+            if isinstance(v, Tensor):
+                yield v
+
+
+def _copy_sharing_layer_tensors(model: nn.Module) -> Tuple[nn.Module, Dict[int, Tensor], list]:
+    """``copy.deepcopy(model)``, except that the tensors of the layers :func:`convert` may
+    replace are shared with ``model`` instead of copied.
+
+    Copying them first would hold a second dense copy of every layer at once, most of it only
+    to be replaced by sparse layers. Returns the copy, the shared tensors by id (for
+    :func:`_unshare`) and weak references to the copied layers.
+    """
+    shared: Dict[int, Tensor] = {}
+    layers = [mod for mod in model.modules() if _layer_kind(mod) is not None]
+    for layer in layers:
+        for t in _layer_tensors(layer):
+            shared[id(t)] = t
+    memo: Dict[int, Any] = dict(shared)  # deepcopy returns a memo entry instead of copying
+    work = copy.deepcopy(model, memo)
+    copies = [weakref.ref(memo[id(layer)]) for layer in layers if id(layer) in memo]
+    memo.clear()  # holds every copied object; the copied layers must be free to go once replaced
+    return work, shared, copies
+
+
+def _quiet_mask_hooks(work: nn.Module, shared: Dict[int, Tensor]) -> None:
+    """Keep sparsekit.prune's mask hooks in the copy off the original's parameters.
+
+    On a copy's first forward pass they re-zero masked entries in place and register a
+    gradient hook on each masked parameter: on a parameter shared with the original, that
+    would write into the original. The shape-recording pass needs neither (convert reads
+    weights through ``effective_weight``, which applies the masks), so the copy's hook state
+    is marked as already enforced for shared parameters; a layer that stays dense gets its
+    own parameter in :func:`_unshare`, whose new identity re-arms the hooks.
+    """
+    from sparsekit.prune.masks import _STATE  # lazy: prune imports a lot
+
+    for mod in work.modules():
+        state = mod.__dict__.get(_STATE)
+        if state is None:
+            continue
+        for pn, st in state.params.items():
+            p = mod._parameters.get(pn)
+            if p is not None and shared.get(id(p)) is p:
+                st.param_id, st.version, st.handle = id(p), p._version, None
+
+
+def _unshare(result: nn.Module, shared: Dict[int, Tensor], copies: list) -> None:
+    """Replace every shared tensor the converted copy still holds with its own deep copy.
+
+    Layers that stayed dense, copied layers still referenced from elsewhere, and tied weights
+    in other modules (an embedding sharing a Linear's weight) end up exactly as a plain
+    ``copy.deepcopy`` of the model would have left them; ties among them are kept.
+    """
+    memo: Dict[int, Any] = {}
+
+    def fix(mod: nn.Module) -> None:
+        for store in (mod._parameters, mod._buffers):
+            for k, t in list(store.items()):
+                if t is not None and shared.get(id(t)) is t:
+                    store[k] = copy.deepcopy(t, memo)
+        for k, v in list(mod.__dict__.items()):
+            if isinstance(v, Tensor) and shared.get(id(v)) is v:
+                mod.__dict__[k] = copy.deepcopy(v, memo)
+
+    for mod in result.modules():
+        fix(mod)
+    for ref in copies:
+        layer = ref()
+        if layer is not None:
+            for mod in layer.modules():
+                fix(mod)
 
 
 def _record_shapes(model: nn.Module, example_inputs: Any) -> Dict[str, Tuple[int, ...]]:
@@ -458,7 +566,10 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
             ``"csr"``, ``(r, c)`` or ``"dense"``: that format for every layer, untimed.
             A dict ``{name or fnmatch pattern: format}`` sets layers individually
             (exact names first, then patterns in order; unmatched layers use "auto").
-        inplace: modify ``model`` itself instead of a deep copy.
+        inplace: modify ``model`` itself instead of a deep copy. The copy shares no memory
+            with ``model``, yet is built without duplicating the layers about to be replaced:
+            beyond the model and the result, conversion holds one layer's dense and sparse
+            weights at a time ("auto" builds and times its candidates one by one).
         example_inputs: an input (a tensor, a tuple of positional args or a dict of
             keyword args) run once through the model to learn each layer's real input
             shape; the rows it shows are timed besides ``batch_sizes``.
@@ -513,7 +624,11 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
         raise ValueError(f"time_budget_s must be in (0, 10], got {time_budget_s!r}")
     if isinstance(min_speedup, bool) or not isinstance(min_speedup, numbers.Real) or min_speedup < 1:
         raise ValueError(f"min_speedup must be a number >= 1, got {min_speedup!r}")
-    work = model if inplace else copy.deepcopy(model)
+    if inplace:
+        work, shared, copies = model, {}, []
+    else:
+        work, shared, copies = _copy_sharing_layer_tensors(model)
+        _quiet_mask_hooks(work, shared)
     work.eval()
     shapes = _record_shapes(work, example_inputs) if example_inputs is not None else {}
     if not batch_sizes and not shapes:
@@ -542,11 +657,12 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
         size = int(raw.numel()) if usable else 0
         nnz = int(torch.count_nonzero(w)) if w is not None else size
         rows = int(raw.shape[0]) if usable and raw.dim() else 0
-        decision = LayerDecision(name=name, kind=kind, shape=(rows, size // max(1, rows)), format="dense",
+        cols = math.prod(raw.shape[1:]) if usable and raw.dim() else 0
+        dense_bytes = _module_bytes(layer) if ok else 0
+        decision = LayerDecision(name=name, kind=kind, shape=(rows, cols), format="dense",
                                  density=nnz / size if size else 0.0,
                                  stored_density=nnz / size if size else 0.0,
-                                 dense_bytes=_module_bytes(layer) if ok else 0,
-                                 bytes=_module_bytes(layer) if ok else 0)
+                                 dense_bytes=dense_bytes, bytes=dense_bytes)
         decisions.append(decision)
         if not usable:
             decision.reason = "uninitialised weight"
@@ -556,6 +672,10 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
             return None, 0
         if kind != "Linear" and layer.groups != 1:
             decision.reason = f"groups={layer.groups} stays dense"
+            return None, 0
+        if kind != "Linear" and 0 in (layer.in_channels, layer.out_channels):
+            # SparseConv1d/2d need at least one channel each way; nothing to gain anyway.
+            decision.reason = "zero channels stay dense"
             return None, 0
         bias = effective_weight(layer, "bias")
         absorbed = 0
@@ -572,10 +692,10 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
         result = _decide(name, kind, layer, w, bias, act, lookup(name), ctx, decision)
         if result is None:
             return None, 0
-        module, m = result
-        decision.format = "csr" if m.block == (1, 1) else f"bsr{m.block[0]}x{m.block[1]}"
-        decision.index_dtype = m.index_dtype
-        decision.stored_density = m.density
+        module, (block, index_dtype, stored_density) = result
+        decision.format = "csr" if block == (1, 1) else f"bsr{block[0]}x{block[1]}"
+        decision.index_dtype = index_dtype
+        decision.stored_density = stored_density
         decision.activation = act
         decision.folded = folded
         decision.bytes = module.nbytes
@@ -615,6 +735,9 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
     else:
         walk(work, "")
         result = work
+    del work, memo  # a replaced copied layer must not look alive to _unshare
+    if shared:
+        _unshare(result, shared, copies)
     result.eval()
     result.sparsekit_summary = ConversionReport(decisions)
     return result

@@ -16,6 +16,7 @@ BLOCK_SIDES = (1, 2, 4, 8, 16)
 INDEX_DTYPES = ("auto", "uint16", "int32")
 _UINT16_LIMIT = 1 << 16
 _INT32_LIMIT = (1 << 31) - 1
+_MAX_SIDE = _INT32_LIMIT * BLOCK_SIDES[-1]  # rows or columns: int32 block indices of 16-wide blocks
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -33,7 +34,7 @@ def _check_block(block: Any) -> Tuple[int, int]:
     return r, c
 
 
-def _index_dtype_for(n_block_cols: int, index_dtype: str) -> np.dtype:
+def _index_dtype_for(n_block_cols: int, index_dtype: str, shape_name: str = "shape") -> np.dtype:
     if index_dtype not in INDEX_DTYPES:
         raise ValueError(f"index_dtype must be one of {INDEX_DTYPES}, got {index_dtype!r}")
     if index_dtype == "uint16" and n_block_cols > _UINT16_LIMIT:
@@ -42,7 +43,8 @@ def _index_dtype_for(n_block_cols: int, index_dtype: str) -> np.dtype:
             f"{n_block_cols}; use index_dtype='int32' or 'auto'"
         )
     if n_block_cols > _INT32_LIMIT:
-        raise ValueError(f"{n_block_cols} block columns exceed the int32 index range")
+        raise ValueError(f"{shape_name}: {n_block_cols} block columns exceed the int32 index range "
+                         "(use a wider block)")
     if index_dtype == "int32" or (index_dtype == "auto" and n_block_cols > _UINT16_LIMIT):
         return np.dtype(np.int32)
     return np.dtype(np.uint16)
@@ -69,18 +71,47 @@ def _as_numpy_2d(w: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
-def _check_shape(shape: Any) -> Tuple[int, int]:
+# Dense elements SparseMatrix.from_dense looks at in one go: bounds its working memory
+# (masks, nonzero positions, a padded edge) to a few MiB whatever the matrix size.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _block_row_chunks(arr: np.ndarray, r: int, c: int):
+    """Yields ``(first block row, blocks)`` over ``arr`` a few block rows at a time.
+
+    ``blocks`` is shaped ``(block rows, block cols, r, c)``: a view of ``arr`` when the
+    slice allows it, else a zero-padded copy of just that slice (edges the block does not
+    divide, non-contiguous input).
+    """
+    rows, cols = arr.shape
+    nbr, nbc = -(-rows // r), -(-cols // c)
+    step = max(1, _CHUNK_ELEMENTS // max(1, nbc * r * c))
+    for b0 in range(0, nbr, step):
+        b1 = min(nbr, b0 + step)
+        part = arr[b0 * r:b1 * r]
+        if part.shape != ((b1 - b0) * r, nbc * c):
+            padded = np.zeros(((b1 - b0) * r, nbc * c), dtype=np.float32)
+            padded[:part.shape[0], :cols] = part
+            part = padded
+        yield b0, part.reshape(b1 - b0, r, nbc, c).transpose(0, 2, 1, 3)
+
+
+def _check_shape(shape: Any, name: str = "shape") -> Tuple[int, int]:
+    """``(rows, cols)`` as ints, refused (naming ``name``) when negative or beyond the range
+    sparsekit indexes (int32 block indices times the largest block side), before anything
+    sized by them is allocated."""
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != 2
         or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in shape)
     ):
-        raise TypeError(f"shape must be a pair of ints (rows, cols), got {shape!r}")
+        raise TypeError(f"{name} must be a pair of ints (rows, cols), got {shape!r}")
     rows, cols = int(shape[0]), int(shape[1])
     if rows < 0 or cols < 0:
-        raise ValueError(f"shape must be non-negative, got {(rows, cols)}")
-    if rows > _INT32_LIMIT * 16 or cols > _INT32_LIMIT * 16:
-        raise ValueError(f"shape {(rows, cols)} is beyond what sparsekit indexes")
+        raise ValueError(f"{name} must be non-negative, got {(rows, cols)}")
+    if rows > _MAX_SIDE or cols > _MAX_SIDE:
+        raise ValueError(f"{name} {(rows, cols)} is beyond what sparsekit indexes (at most {_MAX_SIDE} "
+                         "rows and columns)")
     return rows, cols
 
 
@@ -165,23 +196,30 @@ class SparseMatrix:
         """
         r, c = _check_block(block)
         arr = _as_numpy_2d(w, "w")
-        rows, cols = arr.shape
+        rows, cols = _check_shape(arr.shape, "w.shape")  # before any allocation (w may be a broadcast view)
         nbr, nbc = -(-rows // r), -(-cols // c)
-        idx_dtype = _index_dtype_for(nbc, index_dtype)
-        if (nbr * r, nbc * c) != (rows, cols):
-            padded = np.zeros((nbr * r, nbc * c), dtype=np.float32)
-            padded[:rows, :cols] = arr
-        else:
-            padded = arr
-        blocks = padded.reshape(nbr, r, nbc, c).transpose(0, 2, 1, 3)  # (nbr, nbc, r, c)
-        keep = (blocks != 0).any(axis=(2, 3))  # NaN != 0, so NaN weights are kept
-        counts = keep.sum(axis=1, dtype=np.int64)
+        idx_dtype = _index_dtype_for(nbc, index_dtype, "w.shape")
+        # Two passes over a few block rows at a time (count, then fill arrays of the final
+        # size): the working memory stays bounded by _CHUNK_ELEMENTS instead of growing with
+        # the matrix (no padded copy, no whole-matrix masks or index arrays).
         indptr = np.zeros(nbr + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        block_row, block_col = np.nonzero(keep)
-        values = np.ascontiguousarray(blocks[block_row, block_col], dtype=np.float32)
-        indices = block_col.astype(idx_dtype)
-        return cls._trusted((rows, cols), (r, c), indptr, indices, values.reshape(-1, r, c))
+        for b0, blocks in _block_row_chunks(arr, r, c):
+            keep = (blocks != 0).any(axis=(2, 3))  # NaN != 0, so NaN weights are kept
+            indptr[1 + b0:1 + b0 + keep.shape[0]] = keep.sum(axis=1, dtype=np.int64)
+        np.cumsum(indptr, out=indptr)
+        n_blocks = int(indptr[-1])
+        values = np.empty((n_blocks, r, c), dtype=np.float32)
+        indices = np.empty(n_blocks, dtype=idx_dtype)
+        for b0, blocks in _block_row_chunks(arr, r, c):
+            keep = (blocks != 0).any(axis=(2, 3))
+            block_row, block_col = np.nonzero(keep)
+            start = int(indptr[b0])
+            stop = start + len(block_row)
+            if stop != int(indptr[b0 + keep.shape[0]]):  # w was written to between the passes
+                raise ValueError("w changed while it was being compressed")
+            values[start:stop] = blocks[block_row, block_col]
+            indices[start:stop] = block_col
+        return cls._trusted((rows, cols), (r, c), indptr, indices, values)
 
     @classmethod
     def from_arrays(cls, shape: Tuple[int, int], indptr: ArrayLike, indices: ArrayLike,
@@ -447,6 +485,16 @@ def from_scipy(m: Any, block: Tuple[int, int] | None = None, index_dtype: str = 
         raise TypeError(f"m must hold real numbers, got dtype {m.dtype}")
     if m.ndim != 2:
         raise ValueError(f"m must be 2-D, got {m.ndim}-D")
+    # Checked before scipy converts anything: its CSR/BSR conversions allocate arrays sized by
+    # the shape (rows + 1 row pointers, a mask of cols / c block columns), not by the nonzeros.
+    rows, cols = _check_shape(m.shape, "m.shape")
+    if block is not None:
+        r, c = _check_block(block)
+    elif m.format == "bsr" and all(s in BLOCK_SIDES for s in m.blocksize):
+        r, c = (int(s) for s in m.blocksize)
+    else:
+        r, c = 1, 1
+    _index_dtype_for(-(-cols // c), index_dtype, "m.shape")
     if block is None and m.format == "bsr" and all(s in BLOCK_SIDES for s in m.blocksize):
         bsr = m.copy()
         bsr.sum_duplicates()
