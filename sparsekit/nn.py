@@ -26,6 +26,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Optional, Tuple, Union
 
@@ -431,7 +432,7 @@ class _SparseConvNd(_SparseBase):
                              "(grouped and depthwise convolutions stay dense)")
         w = effective_weight(conv, "weight")
         b = effective_weight(conv, "bias")
-        m = SparseMatrix.from_dense(w.reshape(w.shape[0], -1), block=block, index_dtype=index_dtype)
+        m = SparseMatrix.from_dense(w.reshape(w.shape[0], math.prod(w.shape[1:])), block=block, index_dtype=index_dtype)
         return cls(m, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                    conv.dilation, conv.padding_mode, b, activation)
 

@@ -353,6 +353,11 @@ def test_conv2d_fused_relu_and_errors(gen):
         SparseConv2d(sparsekit.SparseMatrix.from_dense(torch.ones(5, 36)), 4, 5, 3, padding_mode="bad")
     with pytest.raises(ValueError, match="shape"):
         SparseConv2d(sparsekit.SparseMatrix.from_dense(torch.ones(5, 35)), 4, 5, 3)
+    with warnings.catch_warnings():  # torch's own "zero-element tensor" init warning
+        warnings.simplefilter("ignore", UserWarning)
+        empty = nn.Conv2d(3, 0, 3)
+    with pytest.raises(ValueError, match="out_channels must be a positive int"):  # as torch refuses it
+        SparseConv2d.from_dense(empty)
 
 
 def test_conv1d_matches_dense(gen):
