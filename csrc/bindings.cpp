@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <climits>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -91,14 +92,14 @@ class Weight {
   // y[i] = act(W @ x[i] + bias[:, None]) for i < batch: x is (batch, cols, len) and y
   // (batch, rows, len), both C-contiguous float32 (a lowered convolution).
   void matmul_raw(uintptr_t x, uintptr_t y, int64_t batch, int64_t len, int threads) const {
-    if (batch < 0) throw std::invalid_argument("batch must be non-negative");
-    sk::Problem p = problem(sk::Layout::Matmul, len, serial_if_small(len, threads));
+    if (batch < 0 || len < 0) throw std::invalid_argument("batch and len must be non-negative");
+    // The small-work rule looks at the whole batch (len * batch vectors, saturated).
+    const int64_t vectors = batch > 0 && len > INT64_MAX / batch ? INT64_MAX : len * batch;
+    sk::Problem p = problem(sk::Layout::Matmul, len, serial_if_small(vectors, threads));
+    p.x = reinterpret_cast<const float*>(x);
+    p.y = reinterpret_cast<float*>(y);
     py::gil_scoped_release release;
-    for (int64_t i = 0; i < batch; ++i) {
-      p.x = reinterpret_cast<const float*>(x) + i * w_.cols * len;
-      p.y = reinterpret_cast<float*>(y) + i * w_.rows * len;
-      sk::compute(p);
-    }
+    sk::compute_batch(p, batch, w_.cols * len, w_.rows * len);
   }
 
   // Checked numpy entry point (sparsekit.linear / sparsekit.matmul): bias and activation

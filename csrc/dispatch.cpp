@@ -1,7 +1,9 @@
 // CPU detection, the active kernel table, and the checks every product passes.
 #include "sparsekit/dispatch.h"
 
+#include <algorithm>
 #include <atomic>
+#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -136,6 +138,41 @@ void compute(const Problem& p) {
           "indices/values are missing");
   active().load()->run(p);
   detail::propagate_nonfinite(p);
+}
+
+void compute_batch(const Problem& p, int64_t batch, int64_t x_stride, int64_t y_stride) {
+  require(batch >= 0 && x_stride >= 0 && y_stride >= 0, "batch and strides must be non-negative");
+  require(p.threads >= 1, "threads must be at least 1");
+  auto sample = [&](int64_t i, int threads) {
+    Problem q = p;
+    q.x = p.x ? p.x + i * x_stride : nullptr;
+    q.y = p.y ? p.y + i * y_stride : nullptr;
+    q.threads = threads;
+    compute(q);
+  };
+  const int outer = static_cast<int>(std::min<int64_t>(p.threads, batch));
+  if (outer <= 1 || batch < p.threads) {  // fewer samples than threads: thread each sample
+    for (int64_t i = 0; i < batch; ++i) sample(i, p.threads);
+    return;
+  }
+  // At least one sample per thread: each thread runs whole samples on its own, one
+  // fork/join for the batch instead of one per sample. The results are bitwise the same
+  // (a sample's rows are computed identically on any number of threads).
+  std::exception_ptr error;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(outer)
+#endif
+  for (int64_t i = 0; i < batch; ++i) {
+    try {
+      sample(i, 1);
+    } catch (...) {
+#ifdef _OPENMP
+#pragma omp critical(sparsekit_batch_error)
+#endif
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 float stream_read(const float* p, int64_t n, int threads) {

@@ -335,6 +335,30 @@ def test_conv2d_matches_dense(gen, kw, block):
         check_conv(sparse(xc), xc, conv)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_conv2d_bitwise_identical_across_threads(gen, batch):
+    # Batches at least as large as the thread count run whole samples per thread; smaller
+    # ones thread each sample's rows. Either way every sample's result is the same bits.
+    conv = nn.Conv2d(8, 12, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(sparse_weight(conv.weight.shape, 0.3, gen, (4, 1)))
+    sparse = SparseConv2d.from_dense(conv, block=(4, 1), activation="relu")
+    x = torch.randn(batch, 8, 9, 9, generator=gen)
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            sparsekit.set_num_threads(threads)
+            with torch.no_grad():
+                results.append(sparse(x))
+    finally:
+        sparsekit.set_num_threads(None)
+    with torch.no_grad():
+        check_conv(results[0], x, conv, "relu")
+        singles = torch.cat([sparse(x[i:i + 1]) for i in range(batch)])
+    for r in results[1:] + [singles]:
+        assert torch.equal(r, results[0])
+
+
 def test_conv2d_fused_relu_and_errors(gen):
     conv = nn.Conv2d(4, 5, 3, padding=1)
     sparse = SparseConv2d.from_dense(conv, activation="relu")

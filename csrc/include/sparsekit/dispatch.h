@@ -44,6 +44,12 @@ int openmp_max_threads();
 // runs it on the current kernel table. Throws std::invalid_argument.
 void compute(const Problem& p);
 
+// `batch` independent products sharing p's weight, bias and activation: sample i
+// reads p.x + i * x_stride and writes p.y + i * y_stride (float offsets), each laid
+// out as p describes (a lowered convolution's (N, cols, L) -> (N, rows, L)). With at
+// least as many samples as p.threads, threads take whole samples (one fork/join).
+void compute_batch(const Problem& p, int64_t batch, int64_t x_stride, int64_t y_stride);
+
 // Streaming read of n floats on the current kernel table (benchmark reference).
 float stream_read(const float* p, int64_t n, int threads);
 
