@@ -882,8 +882,8 @@ NOTES = """## Reading these numbers
   becomes a broadcast and 2-4 fused multiply-adds on panel rows; for CSR the panel row
   (128 bytes per stored value) comes from L2, which bounds it at about half the FMA
   peak; r x 1 blocks reuse one panel row for r rows and get close to the peak.
-* **Small layers.** Below ~32k multiply-adds per thread sparsekit stays on one thread
-  (a fork/join costs more than it saves on a busy 2-core machine).
+* **Small layers.** A product gets a second thread from 32k multiply-adds (16k per
+  thread); below that a fork/join costs more than it saves.
 
 """
 

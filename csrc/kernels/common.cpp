@@ -55,12 +55,15 @@ float* scratch(std::size_t floats, int slot) {
 
 int threads_for(int64_t fmas, int requested) {
   if (requested <= 1) return 1;
-  // Below ~32k multiply-adds per thread the fork/join costs more than it saves.
-  // Measured on the 2-core build machine, 768x768 at 90% (59k stored values), batch 1,
-  // interleaved with torch calls as in a model: 1 thread 25.9 us, 2 threads 31.8 us at
-  // best and milliseconds at the median when other processes hold the cores (a worker
-  // woken from its futex waits for a time slice). Back to back, alone: 26.1 vs 18.5 us.
-  constexpr int64_t kGrain = 32768;
+  // A second thread pays off from about 16k multiply-adds each. Measured on the 2-core
+  // build machine at 2 threads, with the grain as the only change (min / median of 25-30
+  // interleaved rounds): the 95% MLP 1000-1024-1024-1 at batch 1, two 51k-value CSR
+  // layers between torch calls, 57-59 / 70-98 us at a 32k grain (one thread each) and
+  // 39-50 / 58-67 us at 8k or 16k; 768x768 at 90% (59k values) back to back 23 / 25-26
+  // us at 32k and 15-17 / 22 us at 16k. An earlier session measured the opposite for the
+  // 768 layer inside a model while other processes held the second core: a woken thread
+  // then waits for a time slice, as torch's own threads do; set_num_threads(1) avoids it.
+  constexpr int64_t kGrain = 16384;
   const int64_t useful = std::max<int64_t>(1, fmas / kGrain);
   return static_cast<int>(std::min<int64_t>({requested, useful, kMaxThreads}));
 }
