@@ -113,9 +113,14 @@ def run_linear(x: Tensor, kernel: "_core.Weight", out_features: int, cols: int,
     float32 strided CPU tensor of last dimension ``cols`` that needs no gradient, and that
     ``out``, if given, is a contiguous float32 CPU tensor of the result's shape not
     overlapping ``x``."""
-    x = _dense_input(x)
-    lead = tuple(x.shape[:-1])
-    n = lead[0] if len(lead) == 1 else math.prod(lead)
+    shape = x.shape
+    if len(shape) == 2 and x.is_contiguous() and not x.is_neg():  # (batch, cols) as it comes
+        n = shape[0]
+        lead = (n,)
+    else:
+        x = _dense_input(x)
+        lead = tuple(x.shape[:-1])
+        n = math.prod(lead)
     if out is None:  # numpy allocation is cheaper than torch.empty
         out = torch.from_numpy(np.empty(lead + (out_features,), dtype=np.float32))
     kernel.linear_raw(x.data_ptr(), out.data_ptr(), n, get_num_threads() if threads is None else threads)
