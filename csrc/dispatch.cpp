@@ -1,7 +1,6 @@
 // CPU detection, the active kernel table, and the checks every product passes.
 #include "sparsekit/dispatch.h"
 
-#include <algorithm>
 #include <atomic>
 #include <exception>
 #include <stdexcept>
@@ -150,8 +149,7 @@ void compute_batch(const Problem& p, int64_t batch, int64_t x_stride, int64_t y_
     q.threads = threads;
     compute(q);
   };
-  const int outer = static_cast<int>(std::min<int64_t>(p.threads, batch));
-  if (outer <= 1 || batch < p.threads) {  // fewer samples than threads: thread each sample
+  if (p.threads == 1 || batch < p.threads) {  // fewer samples than threads: thread each sample
     for (int64_t i = 0; i < batch; ++i) sample(i, p.threads);
     return;
   }
@@ -160,7 +158,7 @@ void compute_batch(const Problem& p, int64_t batch, int64_t x_stride, int64_t y_
   // (a sample's rows are computed identically on any number of threads).
   std::exception_ptr error;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(outer)
+#pragma omp parallel for schedule(static) num_threads(p.threads)
 #endif
   for (int64_t i = 0; i < batch; ++i) {
     try {
