@@ -10,9 +10,10 @@
 //    element is produced by one thread in one fixed order, so results are bitwise
 //    identical for any thread count;
 //  * batch of one: a dot product per row. 1x1 blocks gather x with scalar loads
-//    (faster than the microcoded vgatherdps on AMD Zen); r x 1 blocks multiply
-//    W/r blocks' values (contiguous) by a register holding each block's x value r
-//    times; 1 x c blocks read c contiguous x values per block;
+//    (faster than the microcoded vgatherdps on AMD Zen), at most 8 wide
+//    (Vec::Gather); r x 1 blocks multiply W/r blocks' values (contiguous) by a
+//    register holding each block's x value r times; 1 x c blocks read c contiguous
+//    x values per block;
 //  * larger batches: the dense operand is packed into panels of NB = NV * W columns
 //    (a register-tile transpose for the linear layout) so that one stored value
 //    becomes one broadcast and NV fused multiply-adds on contiguous loads; r x 1
@@ -149,15 +150,17 @@ void spmv_block_rows(const BsrView& w, const I* idx, const float* x, float* y, i
     const int64_t kb = w.indptr[b], ke = w.indptr[b + 1];
     float acc[R > 0 ? R : 1];
     if constexpr (R == 1 && C == 1) {
-      V a0 = Vec::zero(), a1 = Vec::zero();
+      using G = typename Dep<I>::Vec::Gather;
+      constexpr int GW = G::W;
+      typename G::T a0 = G::zero(), a1 = G::zero();
       int64_t k = kb;
-      for (; k + 2 * W <= ke; k += 2 * W) {
-        stream_prefetch<1>(vals + k, idx + k, 2 * W);
-        a0 = Vec::fmadd(Vec::load(vals + k), Vec::gather(x, idx + k), a0);
-        a1 = Vec::fmadd(Vec::load(vals + k + W), Vec::gather(x, idx + k + W), a1);
+      for (; k + 2 * GW <= ke; k += 2 * GW) {
+        stream_prefetch<1>(vals + k, idx + k, 2 * GW);
+        a0 = G::fmadd(G::load(vals + k), G::gather(x, idx + k), a0);
+        a1 = G::fmadd(G::load(vals + k + GW), G::gather(x, idx + k + GW), a1);
       }
-      for (; k + W <= ke; k += W) a0 = Vec::fmadd(Vec::load(vals + k), Vec::gather(x, idx + k), a0);
-      float s = Vec::hsum(Vec::add(a0, a1));
+      for (; k + GW <= ke; k += GW) a0 = G::fmadd(G::load(vals + k), G::gather(x, idx + k), a0);
+      float s = G::hsum(G::add(a0, a1));
       for (; k < ke; ++k) s += vals[k] * x[idx[k]];
       acc[0] = s;
     } else if constexpr (C == 1 && R >= W && R % W == 0) {

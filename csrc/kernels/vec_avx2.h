@@ -10,25 +10,8 @@
 namespace sparsekit {
 namespace SK_ISA {
 
-struct Vec {
-  using T = __m256;
-  static constexpr int W = 8;
-  static inline T zero() { return _mm256_setzero_ps(); }
-  static inline T load(const float* p) { return _mm256_loadu_ps(p); }
-  static inline void store(float* p, T v) { _mm256_storeu_ps(p, v); }
-  static inline T set1(float v) { return _mm256_set1_ps(v); }
-  static inline T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
-  static inline float hsum(T v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
-  static inline T max(T a, T b) { return _mm256_max_ps(a, b); }  // b when either is NaN
-  // W values base[idx[0..W)]: scalar loads (faster than vgatherdps on AMD Zen).
-  template <class I>
-  static inline T gather(const float* base, const I* idx) { return x86::gather8(base, idx); }
+struct Vec : x86::Ymm {
+  using Gather = x86::Ymm;  // the batch-1 CSR loop's width
 
   // Group operations for blocks narrower than a register (kGroupOps).
   static constexpr bool kGroupOps = true;

@@ -32,11 +32,8 @@ struct Vec {
   static inline __m512 join(__m256 lo, __m256 hi) {
     return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
   }
-  // W values base[idx[0..W)]: scalar loads (faster than vgatherdps on AMD Zen 4).
-  template <class I>
-  static inline T gather(const float* base, const I* idx) {
-    return join(x86::gather8(base, idx), x86::gather8(base, idx + 8));
-  }
+  // The batch-1 CSR loop runs 8 wide (see x86::Ymm).
+  using Gather = x86::Ymm;
 
   static constexpr bool kGroupOps = true;
   // Lane l holds base[idx[l / G]].

@@ -9,6 +9,7 @@ namespace sparsekit {
 namespace SK_ISA {
 
 struct Vec {
+  using Gather = Vec;  // the batch-1 CSR loop's width
   using T = float32x4_t;
   static constexpr int W = 4;
   static inline T zero() { return vdupq_n_f32(0.f); }

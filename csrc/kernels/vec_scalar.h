@@ -7,6 +7,7 @@ namespace sparsekit {
 namespace SK_ISA {
 
 struct Vec {
+  using Gather = Vec;  // the batch-1 CSR loop's width
   using T = float;
   static constexpr int W = 1;
   static inline T zero() { return 0.f; }
