@@ -205,7 +205,21 @@ class _SparseBase(nn.Module):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_np_cache", None)
+        # torch 2.13 pickles a uint16 tensor but cannot unpickle it with plain pickle (the
+        # path multiprocessing takes): "UntypedStorage has no attribute 'dtype'". Carry the
+        # indices as int32 and narrow them again in __setstate__.
+        ix = self._buffers.get("weight_indices")
+        if ix is not None and ix.dtype is getattr(torch, "uint16", None):
+            state["_buffers"] = {**self._buffers, "weight_indices": ix.to(torch.int32)}
+            state["_sk_uint16_indices"] = True
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        narrow = state.pop("_sk_uint16_indices", False)
+        super().__setstate__(state)
+        if narrow:
+            ix = self._buffers["weight_indices"]
+            self._buffers["weight_indices"] = _ops._index_tensor(ix.numpy().astype(np.uint16))
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double(), .half(), ...
         for name in ("weight_values", "bias"):

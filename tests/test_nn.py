@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import threading
 import warnings
 
@@ -447,3 +448,21 @@ def test_torch_export(gen):
     assert "sparsekit.sparse_matmul.default" in targets and "sparsekit.sparse_linear.default" in targets
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SparseLinear.from_dense(nn.Linear(40, 6)),
+    lambda: SparseConv2d.from_dense(nn.Conv2d(3, 4, 3)),
+    lambda: SparseConv1d.from_dense(nn.Conv1d(3, 4, 3)),
+], ids=["linear", "conv2d", "conv1d"])
+def test_plain_pickle_keeps_uint16_indices(gen, make):
+    # torch 2.13 cannot unpickle a uint16 tensor with plain pickle; the layers carry int32.
+    layer = make()
+    assert layer.weight_indices.dtype == torch.uint16
+    x = torch.randn(2, 40, generator=gen) if isinstance(layer, SparseLinear) else \
+        torch.randn((2, 3, 7, 7) if isinstance(layer, SparseConv2d) else (2, 3, 9), generator=gen)
+    ref = layer(x)
+    clone = pickle.loads(pickle.dumps(layer))
+    assert clone.weight_indices.dtype == torch.uint16 and layer.weight_indices.dtype == torch.uint16
+    assert torch.equal(clone(x), ref)
+    assert {k: v.dtype for k, v in clone.state_dict().items()} == {k: v.dtype for k, v in layer.state_dict().items()}
