@@ -4,11 +4,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "sparsekit/dispatch.h"
 
@@ -82,12 +85,20 @@ class Weight {
 
   // y = act(x @ W.T + bias): x is (n, cols) and y (n, rows), both C-contiguous float32.
   void linear_raw(uintptr_t x, uintptr_t y, int64_t n, int threads) const {
-    sk::Problem p = problem(sk::Layout::Linear, n, serial_if_small(n, threads));
-    p.x = reinterpret_cast<const float*>(x);
-    p.y = reinterpret_cast<float*>(y);
     py::gil_scoped_release release;
+    linear_into(reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), n, threads);
+  }
+
+  // linear_raw's work on pointers, with or without the GIL (it touches no Python object).
+  void linear_into(const float* x, float* y, int64_t n, int threads) const {
+    sk::Problem p = problem(sk::Layout::Linear, n, serial_if_small(n, threads));
+    p.x = x;
+    p.y = y;
     sk::compute(p);
   }
+
+  int64_t rows() const { return w_.rows; }
+  int64_t cols() const { return w_.cols; }
 
   // y[i] = act(W @ x[i] + bias[:, None]) for i < batch: x is (batch, cols, len) and y
   // (batch, rows, len), both C-contiguous float32 (a lowered convolution).
@@ -161,6 +172,54 @@ class Weight {
   int64_t work_per_vector_ = 0;
 };
 
+// Consecutive linear layers run in one call (sparsekit.nn.SparseSequential): one GIL
+// release, the activations between layers in C++ buffers, no Python between layers.
+// Each layer runs exactly as its own linear_raw would, so results are bitwise equal
+// to calling the layers one by one.
+class Chain {
+ public:
+  explicit Chain(const py::sequence& layers) {
+    if (py::len(layers) == 0) throw std::invalid_argument("layers must not be empty");
+    for (const py::handle h : layers) {
+      if (!py::isinstance<Weight>(h)) throw py::type_error("layers must be sparsekit._core.Weight objects");
+      const Weight* w = h.cast<const Weight*>();
+      if (!layers_.empty() && w->cols() != layers_.back()->rows())
+        throw std::invalid_argument("layer " + std::to_string(layers_.size()) + " takes " + std::to_string(w->cols()) +
+                                    " inputs but the layer before it gives " + std::to_string(layers_.back()->rows()));
+      if (layers_.size() + 1 < static_cast<size_t>(py::len(layers))) widest_ = std::max(widest_, w->rows());
+      layers_.push_back(w);
+      owners_.push_back(py::reinterpret_borrow<py::object>(h));  // keeps the Weight alive
+    }
+  }
+
+  // y = L_k(...L_1(x)): x is (n, cols of the first) and y (n, rows of the last), C-contiguous float32.
+  void linear_raw(uintptr_t x, uintptr_t y, int64_t n, int threads) const {
+    if (n < 0) throw std::invalid_argument("n must be non-negative");
+    if (widest_ > 0 && n > INT64_MAX / static_cast<int64_t>(sizeof(float)) / 2 / widest_)
+      throw std::invalid_argument("n * widest intermediate layer is too large");
+    py::gil_scoped_release release;
+    // Two buffers, uninitialised: layer i writes into one while reading the other.
+    const size_t size = static_cast<size_t>(n * widest_);
+    std::unique_ptr<float[]> a(layers_.size() > 1 ? new float[size] : nullptr);
+    std::unique_ptr<float[]> b(layers_.size() > 2 ? new float[size] : nullptr);
+    const float* in = reinterpret_cast<const float*>(x);
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      float* out = i + 1 == layers_.size() ? reinterpret_cast<float*>(y) : (i % 2 == 0 ? a.get() : b.get());
+      layers_[i]->linear_into(in, out, n, threads);
+      in = out;
+    }
+  }
+
+  int64_t rows() const { return layers_.back()->rows(); }
+  int64_t cols() const { return layers_.front()->cols(); }
+  size_t size() const { return layers_.size(); }
+
+ private:
+  std::vector<const Weight*> layers_;
+  std::vector<py::object> owners_;
+  int64_t widest_ = 0;  // most outputs of any layer but the last
+};
+
 void bind_kernels(py::module_& m) {
   py::class_<Weight>(m, "Weight",
                      "Block-CSR arrays checked once and kept alive; sparse x dense products on them.")
@@ -177,6 +236,13 @@ void bind_kernels(py::module_& m) {
       .def("run", &Weight::run, py::arg("x").noconvert(), py::arg("bias").noconvert(), py::arg("activation"),
            py::arg("y").noconvert(), py::arg("matmul"), py::arg("threads"),
            "y = act(x @ W.T + bias) (matmul=False) or y = W @ x (matmul=True), checked.");
+  py::class_<Chain>(m, "Chain", "Consecutive Weights (each one's rows = the next one's cols) run in one call.")
+      .def(py::init<const py::sequence&>(), py::arg("layers"))
+      .def("linear_raw", &Chain::linear_raw, py::arg("x"), py::arg("y"), py::arg("n"), py::arg("threads"),
+           "Unchecked: y = L_k(...L_1(x)) at addresses x (n, cols) and y (n, rows).")
+      .def_property_readonly("rows", &Chain::rows)
+      .def_property_readonly("cols", &Chain::cols)
+      .def("__len__", &Chain::size);
   m.def("stream_read",
         [](const carray<float>& a, int threads) {
           const float* p = a.data();

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from sparsekit._runtime import get_num_threads, simd_level
 from sparsekit.formats import BLOCK_SIDES, SparseMatrix, _block_row_chunks
-from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear, _SparseBase, effective_weight
+from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear, _SparseBase, _fuse_sequentials, effective_weight
 
 __all__ = ["convert", "ConversionReport", "LayerDecision", "clear_timing_cache"]
 
@@ -80,8 +80,11 @@ class ConversionReport:
         'csr'
     """
 
-    def __init__(self, rows: Sequence[LayerDecision]) -> None:
+    def __init__(self, rows: Sequence[LayerDecision], fused_sequentials: Sequence[str] = ()) -> None:
         self.rows: List[LayerDecision] = list(rows)
+        #: Qualified names ("" for the model itself) of the ``nn.Sequential`` containers that
+        #: became :class:`sparsekit.nn.SparseSequential` (consecutive sparse layers in one call).
+        self.fused_sequentials: List[str] = list(fused_sequentials)
 
     def __iter__(self) -> Iterator[LayerDecision]:
         return iter(self.rows)
@@ -107,7 +110,7 @@ class ConversionReport:
 
     def to_dict(self) -> dict:
         return {"layers": [asdict(r) for r in self.rows], "dense_bytes": self.dense_bytes,
-                "bytes": self.bytes}
+                "bytes": self.bytes, "fused_sequentials": list(self.fused_sequentials)}
 
     def __str__(self) -> str:
         head = ("layer", "type", "shape", "format", "density", "KiB dense", "KiB now", "fused", "speedup", "note")
@@ -124,6 +127,9 @@ class ConversionReport:
         out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         out += [fmt.format(*line) for line in lines]
         out.append(f"total: {self.dense_bytes / 1024:.1f} KiB dense -> {self.bytes / 1024:.1f} KiB")
+        if self.fused_sequentials:
+            names = ", ".join(repr(n or "<root>") for n in self.fused_sequentials)
+            out.append(f"one call per stretch of consecutive sparse linear layers in: {names}")
         return "\n".join(out)
 
     def __repr__(self) -> str:
@@ -595,7 +601,9 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
         batch_sizes: batch sizes timed by "auto" (rows for linear layers; images for
             convolutions, at the example's spatial size or 16x16 / length 64).
         fuse: inside ``nn.Sequential``, fuse a following ``nn.ReLU`` / ``nn.GELU()``
-            (exact) into the sparse layer (it becomes ``nn.Identity``).
+            (exact) into the sparse layer (it becomes ``nn.Identity``), and make each
+            ``nn.Sequential`` holding consecutive sparse linear layers a
+            :class:`sparsekit.nn.SparseSequential`, which runs them in one call.
         fold_bn: inside ``nn.Sequential``, fold a following eval-mode BatchNorm into a
             layer that becomes sparse (the BatchNorm becomes ``nn.Identity``).
         index_dtype: "auto" (uint16 column indices when they fit, else int32), "uint16"
@@ -757,6 +765,7 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
     del work, memo  # a replaced copied layer must not look alive to _unshare
     if shared:
         _unshare(result, shared, copies)
+    fused = _fuse_sequentials(result) if fuse else []
     result.eval()
-    result.sparsekit_summary = ConversionReport(decisions)
+    result.sparsekit_summary = ConversionReport(decisions, fused)
     return result

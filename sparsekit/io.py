@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sparsekit.formats import BLOCK_SIDES, SparseMatrix
-from sparsekit.nn import ACTIVATIONS, SparseConv1d, SparseConv2d, SparseLinear, _SparseBase
+from sparsekit.nn import ACTIVATIONS, SparseConv1d, SparseConv2d, SparseLinear, _SparseBase, _fuse_sequentials
 
 __all__ = ["save", "load", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -419,4 +419,5 @@ def load(path: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
         if missing or unexpected:
             raise ValueError(f"{path!r} does not match the model: missing {missing[:10]}, "
                              f"unexpected {unexpected[:10]}")
+    _fuse_sequentials(model)  # as convert does: consecutive sparse linear layers in one call
     return model.eval()
