@@ -605,18 +605,18 @@ _GLOBAL_HOOKS = (_hooks._global_forward_hooks, _hooks._global_forward_pre_hooks,
                  _hooks._global_backward_hooks, _hooks._global_backward_pre_hooks)
 
 
-def _hookless(m: nn.Module) -> bool:
-    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-
-
 class _Run:
     """A stretch of a SparseSequential's children run as one C++ call: SparseLinear layers whose
     widths chain, and the ``nn.Identity`` placeholders between them."""
-    __slots__ = ("modules", "layers", "kernels", "chain", "cols", "rows")
+    __slots__ = ("modules", "layers", "hooks", "kernels", "chain", "cols", "rows")
 
     def __init__(self, modules: Tuple[nn.Module, ...]) -> None:
         self.modules = modules
         self.layers = tuple(m for m in modules if type(m) is SparseLinear)
+        # Every hook dict nn.Module.__call__ would consult for these children (registering a
+        # hook adds to these dicts in place); any entry means calling the children instead.
+        self.hooks = _GLOBAL_HOOKS + tuple(d for m in modules for d in (
+            m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
         self.cols = self.layers[0]._cols
         self.rows = self.layers[-1]._rows
         self.kernels: Tuple[Any, ...] = ()
@@ -688,7 +688,7 @@ class SparseSequential(nn.Sequential):
     """
 
     def forward(self, x: Any) -> Any:
-        if _is_compiling() or _jit_tracing() or any(_GLOBAL_HOOKS):
+        if _is_compiling() or _jit_tracing():
             return super().forward(x)
         mods = tuple(self._modules.values())
         cached = self.__dict__.get("_sk_plan")
@@ -701,8 +701,8 @@ class SparseSequential(nn.Sequential):
                 x = step(x)
             elif (type(x) is Tensor and x.dtype is _F32 and x.is_cpu and x.layout is _STRIDED
                   and x.dim() >= 1 and x.shape[-1] == step.cols
-                  and not (grad and (x.requires_grad or any(m.training for m in step.layers)))
-                  and all(_hookless(m) for m in step.modules)):
+                  and not any(step.hooks)
+                  and not (grad and (x.requires_grad or any(m.training for m in step.layers)))):
                 x = _ops.run_linear(x, step.current_chain(), step.rows, step.cols)
             else:
                 for m in step.modules:
