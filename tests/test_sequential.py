@@ -224,3 +224,32 @@ def test_chain_checks_its_layers():
     with pytest.raises(ValueError, match="non-negative"):
         chain.linear_raw(0, 0, -1, 1)
 
+
+
+def test_many_python_threads_share_one_model(gen):
+    import threading
+
+    model = sparsekit.convert(_mlp(gen, widths=(64, 256, 128, 16), density=0.2), format="csr")
+    xs = [torch.randn(b, 64, generator=gen) for b in (1, 3, 40)]
+    with torch.no_grad():
+        refs = [_one_by_one(model, x) for x in xs]
+    model.__dict__.pop("_sk_plan", None)  # every thread races to build the plan and chain
+    errors, start = [], threading.Barrier(8)
+
+    def work():
+        try:
+            start.wait()
+            with torch.inference_mode():
+                for i in range(60):
+                    k = i % len(xs)
+                    if not torch.equal(model(xs[k]), refs[k]):
+                        errors.append(f"mismatch at batch {xs[k].shape[0]}")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
