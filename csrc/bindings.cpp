@@ -197,17 +197,21 @@ class Chain {
     if (widest_ > 0 && n > INT64_MAX / static_cast<int64_t>(sizeof(float)) / 2 / widest_)
       throw std::invalid_argument("n * widest intermediate layer is too large");
     py::gil_scoped_release release;
-    // Layer i writes into one buffer while reading the other. They are kept per calling
-    // thread and only grow, like the kernels' own scratch: fresh 1 MiB buffers per call
-    // (batch 256) cost page faults on every call.
-    // 64-byte aligned, like numpy's and torch's allocations of the same size.
-    thread_local std::vector<float> bufs[2];
+    // Layer i writes into one buffer while reading the other, 64-byte aligned. Up to
+    // kKeepFloats they are kept per calling thread and only grow, like the kernels'
+    // scratch (a fresh 1 MiB buffer per call at batch 256 cost page faults on every
+    // call); larger ones are allocated per call, so one huge batch does not stay
+    // allocated for the thread's lifetime.
+    constexpr size_t kKeepFloats = size_t{1} << 21;  // 8 MiB
+    thread_local std::vector<float> kept[2];
+    std::vector<float> local[2];
     const size_t size = static_cast<size_t>(n * widest_) + 16;
     float* ping[2] = {nullptr, nullptr};
     for (size_t i = 0; i < 2 && i + 1 < layers_.size(); ++i) {
-      if (bufs[i].size() < size) bufs[i].resize(size);
-      const auto addr = reinterpret_cast<uintptr_t>(bufs[i].data());
-      ping[i] = bufs[i].data() + ((64 - addr % 64) % 64) / sizeof(float);
+      std::vector<float>& buf = size <= kKeepFloats ? kept[i] : local[i];
+      if (buf.size() < size) buf.resize(size);
+      const auto addr = reinterpret_cast<uintptr_t>(buf.data());
+      ping[i] = buf.data() + ((64 - addr % 64) % 64) / sizeof(float);
     }
     const float* in = reinterpret_cast<const float*>(x);
     for (size_t i = 0; i < layers_.size(); ++i) {

@@ -68,9 +68,10 @@ def test_fused_equals_layer_by_layer(gen, simd, threads, fmt, shape):
         torch.set_num_threads(n)
 
 
-def test_large_batch_and_two_threads_bitwise(gen):
-    model = sparsekit.convert(_mlp(gen, widths=(300, 512, 256, 64), density=0.2), format="csr")
-    x = torch.randn(33, 300, generator=gen)
+@pytest.mark.parametrize("batch", [33, 4200])  # 4200 x 512 floats: past the kept-buffer size
+def test_large_batch_and_two_threads_bitwise(gen, batch):
+    model = sparsekit.convert(_mlp(gen, widths=(30, 512, 256, 64), density=0.2), format="csr")
+    x = torch.randn(batch, 30, generator=gen)
     outs = []
     n = torch.get_num_threads()
     try:
