@@ -50,3 +50,29 @@ def test_break_even_interpolates():
     (be,) = bench.break_even(rows)
     assert 0.5 < be["break_even"] < 0.7
     assert abs(be["break_even"] - 0.6) < 1e-9  # log-linear: speedup 0.5 -> 2 crosses 1 halfway
+
+
+def test_gather_ceiling_program_builds_and_runs(tmp_path):
+    """benchmarks/cpp/gather_ceiling.cpp (quoted in the README) still compiles and its loops
+    agree: run it and parse its report (no timing is asserted)."""
+    import re
+    import shutil
+    import subprocess
+
+    import pytest
+
+    import sparsekit
+
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None or "avx2" not in sparsekit.cpu_info()["simd_available"]:
+        pytest.skip("needs a C++ compiler and an AVX2 CPU")
+    src = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "cpp", "gather_ceiling.cpp")
+    exe = tmp_path / "gather_ceiling"
+    subprocess.run([cxx, "-O2", "-mavx2", "-mfma", "-std=c++17", src, "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=120).stdout
+    figures = dict(re.findall(r"^(spmv|gather|assemble|stream)\s+([0-9.]+) ns/value", out, re.M))
+    assert set(figures) == {"spmv", "gather", "assemble", "stream"}, out
+    assert all(float(v) > 0 for v in figures.values())
+    assert re.search(r"ceiling: assemble reaches \d+% of the streaming read; spmv \d+%", out)
+    err = float(re.search(r"max \|error\| ([0-9.e+-]+)", out).group(1))
+    assert err < 1e-4, out  # both loops against a float64 reference (410 values per row)

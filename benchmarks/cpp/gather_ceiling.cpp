@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -127,7 +128,17 @@ int main() {
   const double t_hw = best_seconds([&] { spmv<true>(rows, ip.data(), idx.data(), val.data(), x.data(), y.data()); }, 200);
   const double t_asm = best_seconds([&] { sink = sink + assemble(nnz, idx.data(), x.data()); }, 200);
   const double t_str = best_seconds([&] { sink = sink + stream(bytes.data(), nnz + nnz / 2); }, 200);
-  std::printf("%lld stored values, 6 bytes each (float32 value + uint16 index)\n", static_cast<long long>(nnz));
+  // Both loops must compute the product: compare with a double-precision reference.
+  double err = 0;
+  std::vector<float> y_hw(rows);
+  spmv<true>(rows, ip.data(), idx.data(), val.data(), x.data(), y_hw.data());
+  for (int r = 0; r < rows; ++r) {
+    double ref = 0;
+    for (int64_t k = ip[r]; k < ip[r + 1]; ++k) ref += static_cast<double>(val[k]) * x[idx[k]];
+    err = std::max({err, std::abs(ref - y[r]), std::abs(ref - y_hw[r])});
+  }
+  std::printf("%lld stored values, 6 bytes each (float32 value + uint16 index); max |error| %.1e\n",
+              static_cast<long long>(nnz), err);
   std::printf("spmv      %.3f ns/value\n", t_spmv / nnz * 1e9);
   std::printf("gather    %.3f ns/value (vgatherdps)\n", t_hw / nnz * 1e9);
   std::printf("assemble  %.3f ns/value (x[idx] into lanes only)\n", t_asm / nnz * 1e9);
