@@ -42,7 +42,7 @@ def gen():
 
 
 @pytest.mark.parametrize("fmt", ["csr", (4, 1), (1, 4)])
-@pytest.mark.parametrize("shape", [(1,), (7,), (2, 3), ()])
+@pytest.mark.parametrize("shape", [(1,), (7,), (2, 3), (), (0,), (2, 0)])
 def test_fused_equals_layer_by_layer(gen, simd, threads, fmt, shape):
     dense = _mlp(gen)
     model = sparsekit.convert(dense, format=fmt)
