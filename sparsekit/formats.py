@@ -488,30 +488,27 @@ def from_scipy(m: Any, block: Tuple[int, int] | None = None, index_dtype: str = 
     # Checked before scipy converts anything: its CSR/BSR conversions allocate arrays sized by
     # the shape (rows + 1 row pointers, a mask of cols / c block columns), not by the nonzeros.
     rows, cols = _check_shape(m.shape, "m.shape")
+    native_bsr = block is None and m.format == "bsr" and all(s in BLOCK_SIDES for s in m.blocksize)
     if block is not None:
         r, c = _check_block(block)
-    elif m.format == "bsr" and all(s in BLOCK_SIDES for s in m.blocksize):
+    elif native_bsr:
         r, c = (int(s) for s in m.blocksize)
     else:
         r, c = 1, 1
     _index_dtype_for(-(-cols // c), index_dtype, "m.shape")
-    if block is None and m.format == "bsr" and all(s in BLOCK_SIDES for s in m.blocksize):
+    if native_bsr:
         bsr = m.copy()
         bsr.sum_duplicates()
         bsr.sort_indices()
-        return SparseMatrix.from_arrays(bsr.shape, bsr.indptr, bsr.indices, bsr.data,
-                                        block=tuple(int(s) for s in bsr.blocksize),
+        return SparseMatrix.from_arrays((rows, cols), bsr.indptr, bsr.indices, bsr.data, block=(r, c),
                                         index_dtype=index_dtype)
     csr = sp.csr_array(m, dtype=np.float32)
     csr.sum_duplicates()
     csr.sort_indices()
-    if block is None or tuple(block) == (1, 1):
-        return SparseMatrix.from_arrays(csr.shape, csr.indptr, csr.indices, csr.data,
+    if (r, c) == (1, 1):
+        return SparseMatrix.from_arrays((rows, cols), csr.indptr, csr.indices, csr.data,
                                         index_dtype=index_dtype)
-    _check_block(block)
     # Re-blocking goes through scipy's own BSR conversion on a padded copy.
-    r, c = int(block[0]), int(block[1])
-    rows, cols = csr.shape
     prow, pcol = -(-rows // r) * r, -(-cols // c) * c
     padded = sp.csr_array((csr.data, csr.indices, np.concatenate(
         [csr.indptr, np.full(prow - rows, csr.indptr[-1], dtype=csr.indptr.dtype)])), shape=(prow, pcol))
