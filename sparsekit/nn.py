@@ -99,6 +99,12 @@ def _check_bias(bias: Any, rows: int) -> Optional[Tensor]:
     return bias.detach().to(device="cpu", dtype=torch.float32).clone().contiguous()
 
 
+def _plain_f32_cpu(x: Any) -> bool:
+    """A plain (not subclassed) float32 dense CPU tensor: what the eager kernels take as is.
+    ``SparseLinear.forward`` spells the same test inline (its batch-1 path is timed)."""
+    return type(x) is Tensor and x.dtype is _F32 and x.is_cpu and x.layout is _STRIDED
+
+
 def _fmt_density(d: float) -> str:
     return f"{d:.3f}" if d >= 0.001 or d == 0 else f"{d:.1e}"
 
@@ -177,8 +183,7 @@ class _SparseBase(nn.Module):
 
     def _fast(self, x: Any) -> bool:
         """True when the eager fast path applies: a plain valid input, not tracing, no autograd."""
-        return (type(x) is Tensor and x.dtype == torch.float32 and x.is_cpu and x.layout == torch.strided
-                and not (_grad_enabled() and (self.training or x.requires_grad))
+        return (_plain_f32_cpu(x) and not (_grad_enabled() and (self.training or x.requires_grad))
                 and not _is_compiling() and not _jit_tracing())
 
     def _kernel(self) -> "_core.Weight":
@@ -699,8 +704,7 @@ class SparseSequential(nn.Sequential):
         for step in cached[1]:
             if type(step) is not _Run:
                 x = step(x)
-            elif (type(x) is Tensor and x.dtype is _F32 and x.is_cpu and x.layout is _STRIDED
-                  and x.dim() >= 1 and x.shape[-1] == step.cols
+            elif (_plain_f32_cpu(x) and x.dim() >= 1 and x.shape[-1] == step.cols
                   and not any(step.hooks)
                   and not (grad and (x.requires_grad or any(m.training for m in step.layers)))):
                 x = _ops.run_linear(x, step.current_chain(), step.rows, step.cols)
