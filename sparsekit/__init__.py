@@ -9,7 +9,7 @@ Example:
     True
 """
 
-from sparsekit._runtime import cpu_info, get_num_threads, set_num_threads, use_simd
+from sparsekit._runtime import cpu_info, get_num_threads, set_num_threads, threads, use_simd
 from sparsekit.formats import SparseMatrix, from_scipy
 from sparsekit.kernels import linear, matmul
 
@@ -41,6 +41,7 @@ __all__ = [
     "cpu_info",
     "get_num_threads",
     "set_num_threads",
+    "threads",
     "use_simd",
     # formats and kernels
     "SparseMatrix",

@@ -101,6 +101,39 @@ def get_num_threads() -> int:
     return n if n is not None else max(1, torch.get_num_threads())
 
 
+@contextmanager
+def threads(n: int | None, *, with_torch: bool = False) -> Iterator[int]:
+    """Run kernels on ``n`` threads inside a ``with`` block, then restore the setting.
+
+    ``n=None`` follows torch inside the block. With ``with_torch=True``,
+    ``torch.set_num_threads`` is set to the same count for the block too, so dense
+    torch layers and sparsekit's kernels are timed on equal terms. Process-wide, like
+    :func:`set_num_threads`. Yields the thread count in force.
+
+    Example:
+        >>> import sparsekit
+        >>> with sparsekit.threads(1) as n:
+        ...     (n, sparsekit.get_num_threads())
+        (1, 1)
+    """
+    global _num_threads
+    if n is not None:
+        _check_thread_count(n, "n")
+    with _lock:
+        previous = _num_threads
+        _num_threads = n
+    torch_before = torch.get_num_threads()
+    if with_torch and n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield get_num_threads()
+    finally:
+        if with_torch:
+            torch.set_num_threads(torch_before)
+        with _lock:
+            _num_threads = previous
+
+
 def resolve_threads(threads: int | None) -> int:
     """Validates a per-call thread count; ``None`` means :func:`get_num_threads`."""
     if threads is None:

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from sparsekit._runtime import get_num_threads, simd_level
-from sparsekit.formats import BLOCK_SIDES, SparseMatrix, _block_row_chunks
-from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear, _SparseBase, _fuse_sequentials, effective_weight
+from sparsekit.formats import BLOCK_SIDES, SparseMatrix, block_row_chunks
+from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear, SparseModule, fuse_sequentials, effective_weight
 
 __all__ = ["convert", "ConversionReport", "LayerDecision", "clear_timing_cache"]
 
@@ -224,7 +224,7 @@ def _parse_format(fmt: Any) -> Callable[[str], FormatSpec]:
 
 # --------------------------------------------------------------------------- layer logic
 def _layer_kind(m: nn.Module) -> Optional[str]:
-    if isinstance(m, _SparseBase):
+    if isinstance(m, SparseModule):
         return None
     if isinstance(m, nn.Linear):
         return "Linear"
@@ -241,7 +241,7 @@ def _module_bytes(m: nn.Module) -> int:
     Computed from shapes: materialising the masked weights here would hold another dense
     copy of the layer next to the one being converted.
     """
-    if isinstance(m, _SparseBase):
+    if isinstance(m, SparseModule):
         return 0
     total = 0
     for name in ("weight", "bias"):
@@ -293,7 +293,7 @@ def _stored_fraction(w2d: np.ndarray, block: Tuple[int, int]) -> float:
     rows, cols = w2d.shape
     r, c = block
     kept = 0
-    for _, blocks in _block_row_chunks(w2d, r, c):  # bounded working memory, no padded copy
+    for _, blocks in block_row_chunks(w2d, r, c):  # bounded working memory, no padded copy
         kept += int((blocks != 0).any(axis=(2, 3)).sum())
     return float(kept) * r * c / max(1, rows * cols)
 
@@ -765,7 +765,7 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
     del work, memo  # a replaced copied layer must not look alive to _unshare
     if shared:
         _unshare(result, shared, copies)
-    fused = _fuse_sequentials(result) if fuse else []
+    fused = fuse_sequentials(result) if fuse else []
     result.eval()
     result.sparsekit_summary = ConversionReport(decisions, fused)
     return result

@@ -76,12 +76,19 @@ def _as_numpy_2d(w: ArrayLike, name: str) -> np.ndarray:
 _CHUNK_ELEMENTS = 1 << 18
 
 
-def _block_row_chunks(arr: np.ndarray, r: int, c: int):
+def block_row_chunks(arr: np.ndarray, r: int, c: int):
     """Yields ``(first block row, blocks)`` over ``arr`` a few block rows at a time.
 
     ``blocks`` is shaped ``(block rows, block cols, r, c)``: a view of ``arr`` when the
     slice allows it, else a zero-padded copy of just that slice (edges the block does not
-    divide, non-contiguous input).
+    divide, non-contiguous input). Used to build block-CSR without a padded copy of
+    the whole matrix.
+
+    Example:
+        >>> import numpy as np
+        >>> from sparsekit.formats import block_row_chunks
+        >>> [(b0, blocks.shape) for b0, blocks in block_row_chunks(np.ones((5, 4), np.float32), 2, 2)]
+        [(0, (3, 2, 2, 2))]
     """
     rows, cols = arr.shape
     nbr, nbc = -(-rows // r), -(-cols // c)
@@ -203,14 +210,14 @@ class SparseMatrix:
         # size): the working memory stays bounded by _CHUNK_ELEMENTS instead of growing with
         # the matrix (no padded copy, no whole-matrix masks or index arrays).
         indptr = np.zeros(nbr + 1, dtype=np.int64)
-        for b0, blocks in _block_row_chunks(arr, r, c):
+        for b0, blocks in block_row_chunks(arr, r, c):
             keep = (blocks != 0).any(axis=(2, 3))  # NaN != 0, so NaN weights are kept
             indptr[1 + b0:1 + b0 + keep.shape[0]] = keep.sum(axis=1, dtype=np.int64)
         np.cumsum(indptr, out=indptr)
         n_blocks = int(indptr[-1])
         values = np.empty((n_blocks, r, c), dtype=np.float32)
         indices = np.empty(n_blocks, dtype=idx_dtype)
-        for b0, blocks in _block_row_chunks(arr, r, c):
+        for b0, blocks in block_row_chunks(arr, r, c):
             keep = (blocks != 0).any(axis=(2, 3))
             block_row, block_col = np.nonzero(keep)
             start = int(indptr[b0])

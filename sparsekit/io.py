@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sparsekit.formats import BLOCK_SIDES, SparseMatrix
-from sparsekit.nn import ACTIVATIONS, SparseConv1d, SparseConv2d, SparseLinear, _SparseBase, _fuse_sequentials
+from sparsekit.nn import ACTIVATIONS, SparseConv1d, SparseConv2d, SparseLinear, SparseModule, fuse_sequentials
 
 __all__ = ["save", "load", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -59,7 +59,7 @@ def _check_path(path: Any, name: str = "path") -> str:
 
 
 # ------------------------------------------------------------------------------------ save
-def _layer_meta(m: _SparseBase) -> dict:
+def _layer_meta(m: SparseModule) -> dict:
     meta = {"type": type(m).__name__, "shape": [m._rows, m._cols], "block": list(m.block),
             "activation": m.activation, "bias": m.bias is not None,
             "index_dtype": m.index_dtype}
@@ -90,7 +90,7 @@ def save(model: nn.Module, path: PathLike) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     path = _check_path(path)
-    layers = {name: _layer_meta(m) for name, m in model.named_modules() if isinstance(m, _SparseBase)}
+    layers = {name: _layer_meta(m) for name, m in model.named_modules() if isinstance(m, SparseModule)}
     identities = [name for name, m in model.named_modules() if type(m) is nn.Identity and name]
     tensors: Dict[str, Tensor] = {}
     aliases: Dict[str, str] = {}
@@ -419,5 +419,5 @@ def load(path: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
         if missing or unexpected:
             raise ValueError(f"{path!r} does not match the model: missing {missing[:10]}, "
                              f"unexpected {unexpected[:10]}")
-    _fuse_sequentials(model)  # as convert does: consecutive sparse linear layers in one call
+    fuse_sequentials(model)  # as convert does: consecutive sparse linear layers in one call
     return model.eval()

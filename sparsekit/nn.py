@@ -39,7 +39,8 @@ from sparsekit import ops as _ops  # registers torch.ops.sparsekit.*
 from sparsekit._runtime import _core
 from sparsekit.formats import SparseMatrix
 
-__all__ = ["SparseLinear", "SparseConv1d", "SparseConv2d", "SparseSequential", "effective_weight", "ACTIVATIONS"]
+__all__ = ["SparseModule", "SparseLinear", "SparseConv1d", "SparseConv2d", "SparseSequential", "fuse_sequentials",
+           "effective_weight", "ACTIVATIONS"]
 
 ACTIVATIONS = (None, "relu", "gelu")
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
@@ -109,8 +110,17 @@ def _fmt_density(d: float) -> str:
     return f"{d:.3f}" if d >= 0.001 or d == 0 else f"{d:.1e}"
 
 
-class _SparseBase(nn.Module):
-    """Shared storage, checks and (de)serialisation of the sparse layers."""
+class SparseModule(nn.Module):
+    """Base class of sparsekit's sparse layers: shared storage, checks and (de)serialisation.
+
+    Use it to ask whether a module runs on sparsekit's kernels.
+
+    Example:
+        >>> import torch, sparsekit
+        >>> layer = sparsekit.nn.SparseLinear.from_dense(torch.nn.Linear(8, 4))
+        >>> isinstance(layer, sparsekit.nn.SparseModule)
+        True
+    """
 
     _kind = "sparse"
 
@@ -277,7 +287,7 @@ class _SparseBase(nn.Module):
                 unexpected_keys.append(k)
 
 
-class SparseLinear(_SparseBase):
+class SparseLinear(SparseModule):
     """``y = activation(x @ W.T + b)`` with a sparse ``W``: the inference twin of ``nn.Linear``.
 
     Args:
@@ -375,7 +385,7 @@ def _ntuple(v: Any, n: int, name: str) -> Tuple[int, ...]:
     raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {v!r}")
 
 
-class _SparseConvNd(_SparseBase):
+class _SparseConvNd(SparseModule):
     _nd = 2
     _kind = "conv"
 
@@ -719,9 +729,20 @@ class SparseSequential(nn.Sequential):
         return state
 
 
-def _fuse_sequentials(model: nn.Module) -> list:
+def fuse_sequentials(model: nn.Module) -> list:
     """Makes every plain ``nn.Sequential`` in ``model`` (``model`` too) that holds a fusable
-    stretch a :class:`SparseSequential`; returns their qualified names."""
+    stretch a :class:`SparseSequential`; returns their qualified names.
+
+    :func:`sparsekit.convert` and :func:`sparsekit.load` call it; children, names and
+    state-dict keys stay the same.
+
+    Example:
+        >>> import torch, sparsekit
+        >>> lin = lambda: sparsekit.nn.SparseLinear.from_dense(torch.nn.Linear(8, 8), activation="relu")
+        >>> model = torch.nn.Sequential(lin(), torch.nn.Identity(), lin())
+        >>> sparsekit.nn.fuse_sequentials(model), type(model).__name__
+        ([''], 'SparseSequential')
+    """
     names = []
     for name, mod in model.named_modules():
         if type(mod) is nn.Sequential and any(type(s) is _Run for s in _plan(tuple(mod._modules.values()))):
