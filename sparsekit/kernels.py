@@ -10,11 +10,12 @@ import torch
 
 from sparsekit import ops as _ops
 from sparsekit._runtime import resolve_threads
+from sparsekit.ops import activation_code
 from sparsekit.formats import SparseMatrix
 
-ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
-
 Array = Union[np.ndarray, torch.Tensor]
+
+__all__ = ["linear", "matmul", "check_bias"]
 
 
 def _to_numpy(a: Array, name: str) -> np.ndarray:
@@ -109,19 +110,38 @@ def _output(out: Optional[Array], shape: tuple, is_torch: bool, x_np: np.ndarray
     return (torch.from_numpy(y_np) if is_torch else y_np), y_np
 
 
-def _check_bias(bias: Optional[Array], rows: int) -> Optional[np.ndarray]:
+def check_bias(bias: Optional[Array], rows: int, *, cast: bool = False) -> Optional[Array]:
+    """Validate a bias vector for a product with ``rows`` outputs (``None`` passes through).
+
+    By default ``bias`` follows :func:`linear`'s rules for ``x`` (float32 tensor or array, on
+    the CPU) and comes back as a float32 numpy view. With ``cast=True`` (what the sparse
+    layers store) any floating-point tensor or any numpy array is accepted and comes back as
+    a private contiguous float32 CPU tensor. A wrong shape is a ``ValueError``, a wrong type
+    a ``TypeError``.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.kernels import check_bias
+        >>> check_bias(torch.ones(2), 2)
+        array([1., 1.], dtype=float32)
+        >>> check_bias(torch.ones(2, dtype=torch.float64), 2, cast=True)
+        tensor([1., 1.])
+    """
     if bias is None:
         return None
-    b = _to_numpy(bias, "bias")
-    if b.shape != (rows,):
-        raise ValueError(f"bias must have shape ({rows},) (out_features), got {tuple(b.shape)}")
-    return b
-
-
-def _activation_code(activation: Optional[str]) -> int:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'relu' or 'gelu', got {activation!r}")
-    return ACTIVATIONS[activation]
+    if cast:
+        if isinstance(bias, np.ndarray):
+            bias = torch.from_numpy(np.array(bias, dtype=np.float32, copy=True))
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a torch.Tensor, numpy array or None, got {type(bias).__name__}")
+        if not bias.dtype.is_floating_point:
+            raise TypeError(f"bias must be floating point, got {bias.dtype}")
+        checked: Array = bias.detach().to(device="cpu", dtype=torch.float32).clone().contiguous()
+    else:
+        checked = _to_numpy(bias, "bias")
+    if tuple(checked.shape) != (rows,):
+        raise ValueError(f"bias must have shape ({rows},) (out_features), got {tuple(checked.shape)}")
+    return checked
 
 
 def _run(w: SparseMatrix, x2d: np.ndarray, bias: Optional[np.ndarray], act: int, y2d: np.ndarray,
@@ -174,8 +194,8 @@ def linear(x: Array, w: SparseMatrix, bias: Optional[Array] = None,
         raise ValueError(
             f"x's last dimension must equal w's in_features = {cols}, got shape {tuple(x_np.shape)}"
         )
-    b = _check_bias(bias, rows)
-    act = _activation_code(activation)
+    b = check_bias(bias, rows)
+    act = activation_code(activation)
     n_threads = resolve_threads(threads)
     lead = x_np.shape[:-1]
     out_shape = tuple(lead) + (rows,)

@@ -38,7 +38,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -46,9 +46,13 @@ from torch import Tensor
 
 from sparsekit._runtime import _core, get_num_threads
 
-__all__ = ["sparse_linear", "sparse_matmul", "make_kernel", "run_linear", "run_matmul", "ACTIVATION_CODES"]
+__all__ = ["sparse_linear", "sparse_matmul", "make_kernel", "run_linear", "run_matmul", "ACTIVATION_CODES",
+           "activation_code", "index_tensor"]
 
+#: The activations the kernels fuse, by name, and the code each kernel call takes for it.
+#: Every layer and wrapper (``sparsekit.linear``, ``sparsekit.nn``, the saved-file check) reads this table.
 ACTIVATION_CODES = {None: 0, "relu": 1, "gelu": 2}
+_CODES = frozenset(ACTIVATION_CODES.values())
 _INDEX_DTYPES = (torch.int32,) + ((torch.uint16,) if hasattr(torch, "uint16") else ())
 
 
@@ -76,9 +80,23 @@ def _check_arrays(name: str, indptr: Tensor, indices: Tensor, values: Tensor,
     if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (out_features,)):
         raise ValueError(f"{name}: bias must be a float32 tensor of shape ({out_features},), got "
                          f"{bias.dtype} {tuple(bias.shape)}")
-    if activation not in (0, 1, 2):
+    if activation not in _CODES:
         raise ValueError(f"{name}: activation must be 0 (none), 1 (relu) or 2 (gelu), got {activation!r}")
     return r, c
+
+
+def activation_code(activation: Any) -> int:
+    """The kernel code of an activation name from :data:`ACTIVATION_CODES`; ``ValueError`` otherwise.
+
+    Example:
+        >>> from sparsekit.ops import activation_code
+        >>> activation_code(None), activation_code("relu"), activation_code("gelu")
+        (0, 1, 2)
+    """
+    code = ACTIVATION_CODES.get(activation) if isinstance(activation, (str, type(None))) else None
+    if code is None:
+        raise ValueError(f"activation must be None, 'relu' or 'gelu', got {activation!r}")
+    return code
 
 
 def _check_x(name: str, x: Tensor) -> None:
@@ -181,8 +199,16 @@ def _sparse_matmul_fake(x, indptr, indices, values, bias, out_features, activati
     return x.new_empty(tuple(x.shape[:-2]) + (out_features, x.shape[-1]))
 
 
-def _index_tensor(a: np.ndarray) -> Tensor:
-    """A torch tensor owning a copy of an index array (uint16 or int32)."""
+def index_tensor(a: np.ndarray) -> Tensor:
+    """A torch tensor owning a copy of an index array (uint16 or int32; uint16 widens to
+    int32 on torch builds without ``torch.uint16``).
+
+    Example:
+        >>> import numpy as np
+        >>> from sparsekit.ops import index_tensor
+        >>> index_tensor(np.array([0, 3], np.int32))
+        tensor([0, 3], dtype=torch.int32)
+    """
     if a.dtype == np.uint16 and not hasattr(torch, "uint16"):  # torch < 2.3
         a = a.astype(np.int32)
     return torch.from_numpy(np.array(a, copy=True))
