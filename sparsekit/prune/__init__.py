@@ -2,7 +2,8 @@
 
 Decide which weights go (:func:`prune`, :class:`Pruner` with
 :class:`ConstantSparsity` / :class:`PolynomialDecay` schedules), keep them gone
-while fine-tuning (:func:`finetune`, :func:`iterative_prune`), report what was
+while fine-tuning (:func:`finetune`, :func:`iterative_prune`), prune by calibration
+activations (:class:`Wanda`, :class:`SparseGPT`), report what was
 done (:func:`sparsity_report`) and bake it in (:func:`make_permanent`,
 :func:`shrink`).
 
@@ -21,6 +22,8 @@ import inspect as _inspect
 import sys as _sys
 import types as _types
 
+from .calibration import (CalibratedCriterion, InputStats, as_calibration_items, call_model, capture_input_stats,
+                          conv_patches, layer_input_rows)
 from .criteria import Criterion, LnNorm, Magnitude, Movement, Random, Scores, Taylor, make_criterion
 from .fit import History, evaluate, finetune
 from .granularity import NM, Blocks, Channels, Granularity, Inputs, Unstructured, parse_granularity
@@ -32,6 +35,8 @@ from .report import LayerReport, Report, sparsity_report
 from .schedules import ConstantSparsity, PolynomialDecay, Schedule
 from .selection import select_targets
 from .shrink import InputSelect, shrink
+from .sparsegpt import SparseGPT
+from .wanda import Wanda
 
 __all__ = [
     "prune", "Pruner", "ConstantSparsity", "PolynomialDecay", "Schedule",
@@ -40,7 +45,8 @@ __all__ = [
     "L1", "L2", "ElasticNet", "GroupLasso", "Regularizer", "shrink", "InputSelect",
     "Criterion", "Magnitude", "Random", "LnNorm", "Taylor", "Movement", "Scores", "make_criterion",
     "Granularity", "Unstructured", "Blocks", "NM", "Channels", "Inputs", "parse_granularity",
-    "select_targets",
+    "select_targets", "Wanda", "SparseGPT", "CalibratedCriterion", "call_model", "as_calibration_items",
+    "capture_input_stats", "InputStats", "conv_patches", "layer_input_rows",
 ]
 
 

@@ -10,14 +10,17 @@ for a new criterion that works with every granularity and scope, or override
 from __future__ import annotations
 
 import zlib
-from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ._validation import units_to_prune
-from .granularity import GranularityLike, parse_granularity
+from .granularity import Granularity, GranularityLike, parse_granularity
 from .ranking import select_layer, unit_scores
+
+if TYPE_CHECKING:
+    from .selection import Target
 
 __all__ = ["Criterion", "Magnitude", "Random", "LnNorm", "Taylor", "Movement", "Scores", "make_criterion"]
 
@@ -51,6 +54,11 @@ class Criterion:
     """
 
     reduce: str = "mean"
+    #: True for criteria that decide each layer on its own (no ``scope="global"`` ranking)
+    layer_scope_only: bool = False
+
+    def prepare(self, model: nn.Module, targets: Sequence["Target"], granularity: Granularity) -> None:
+        """Called by prune/Pruner with the model and its targets before any mask is computed (no-op here)."""
 
     def score(self, weight: Tensor, *, name: str, module: nn.Module, step: int = 0) -> Tensor:
         """Importance of every element of ``weight`` (same shape; higher = keep)."""
@@ -285,21 +293,38 @@ class Scores(Criterion):
 CriterionLike = Union[str, Criterion, Mapping[str, Tensor]]
 
 
-def make_criterion(method: CriterionLike, *, reduce: str = "mean", norm: int = 2, seed: int = 0) -> Criterion:
+def make_criterion(method: CriterionLike, *, reduce: str = "mean", norm: int = 2, seed: int = 0,
+                   calibration: Any = None) -> Criterion:
     """Build a criterion from ``"magnitude"``, ``"random"``, ``"ln"`` (``"l1"``,
-    ``"l2"``), ``"taylor"``, ``"movement"``, a mapping of scores, or pass a Criterion through.
+    ``"l2"``), ``"taylor"``, ``"movement"``, a mapping of scores, the
+    activation-aware ``"wanda"`` / ``"sparsegpt"`` (which need ``calibration``,
+    an iterable of model inputs), or pass a Criterion through.
 
     Example:
+        >>> import torch
         >>> from sparsekit.prune import make_criterion
         >>> make_criterion("l1"), make_criterion("magnitude", reduce="max")
         (LnNorm(p=1), Magnitude(reduce='max'))
+        >>> make_criterion("wanda", calibration=[torch.randn(4, 8)])
+        Wanda(reduce='mean', 1 calibration batches)
     """
+    key = method.strip().lower() if isinstance(method, str) else None
+    if key in ("wanda", "sparsegpt"):
+        from .sparsegpt import SparseGPT
+        from .wanda import Wanda
+        if key == "wanda":
+            return Wanda(calibration, reduce=reduce)
+        return SparseGPT(calibration, reduce=reduce)
+    if calibration is not None:
+        raise ValueError(
+            "calibration= is only used by method='wanda' or 'sparsegpt' (a Criterion instance carries its "
+            f"own); got method={method!r}"
+        )
     if isinstance(method, Criterion):
         return method
     if isinstance(method, Mapping):
         return Scores(method, reduce=reduce)
     if isinstance(method, str):
-        key = method.strip().lower()
         if key == "magnitude":
             return Magnitude(reduce)
         if key == "random":
@@ -313,7 +338,7 @@ def make_criterion(method: CriterionLike, *, reduce: str = "mean", norm: int = 2
         if key == "movement":
             return Movement()
         raise ValueError(
-            f"unknown method {method!r}; use 'magnitude', 'random', 'ln', 'taylor', 'movement', "
+            f"unknown method {method!r}; use 'magnitude', 'random', 'ln', 'taylor', 'movement', 'wanda', 'sparsegpt', "
             "a mapping of importance scores, or a Criterion instance"
         )
     raise TypeError(

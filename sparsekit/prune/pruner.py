@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import numbers
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,11 +40,14 @@ class _Engine:
     def __init__(self, model: nn.Module, method: CriterionLike, granularity: GranularityLike, scope: str,
                  include: Selector, exclude: Selector, *, min_sparsity: BoundLike, max_sparsity: BoundLike,
                  skip_first: bool, skip_last: bool, param_names: Sequence[str], block_reduce: str,
-                 norm: int, seed: int, regrow: bool) -> None:
+                 norm: int, seed: int, regrow: bool, calibration: Any = None) -> None:
         if scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
         self.model = model
-        self.criterion: Criterion = make_criterion(method, reduce=block_reduce, norm=norm, seed=seed)
+        self.criterion: Criterion = make_criterion(method, reduce=block_reduce, norm=norm, seed=seed,
+                                                   calibration=calibration)
+        if scope == "global" and self.criterion.layer_scope_only:
+            raise ValueError(f"{type(self.criterion).__name__} decides each layer on its own; use scope='layer'")
         self.granularity = parse_granularity(granularity)
         self.scope = scope
         self.regrow = bool(regrow)
@@ -65,6 +68,7 @@ class _Engine:
             m = get_mask(t.module, t.param_name)
             if m is not None and hasattr(t.module, t.param_name + "_orig"):
                 attach_mask(t.module, t.param_name, m.clone())
+        self.criterion.prepare(unwrap(model), self.targets, self.granularity)
 
     def _bounds(self, value: BoundLike, name: str, default: float) -> Dict[str, float]:
         if value is None:
@@ -142,7 +146,7 @@ def prune(model: nn.Module, sparsity: SparsityLike, method: CriterionLike = "mag
           exclude: Selector = None, *, min_sparsity: BoundLike = None, max_sparsity: BoundLike = None,
           skip_first: bool = False, skip_last: bool = False, param_names: Sequence[str] = ("weight",),
           block_reduce: str = "mean", norm: int = 2, seed: int = 0, regrow: bool = False,
-          permanent: bool = False) -> Dict[str, Tensor]:
+          permanent: bool = False, calibration: Any = None) -> Dict[str, Tensor]:
     """Prune ``model`` once, in place, and return the bool keep-masks by parameter name.
 
     Args:
@@ -152,7 +156,10 @@ def prune(model: nn.Module, sparsity: SparsityLike, method: CriterionLike = "mag
             Units are weights (unstructured, N:M), blocks, rows or input columns;
             exactly ``round(sparsity * n_units)`` are pruned.
         method: ``"magnitude"``, ``"random"``, ``"ln"``, ``"taylor"``, ``"movement"``,
-            a dict of importance tensors, or a :class:`Criterion`.
+            the activation-aware ``"wanda"`` (``|w| * ||x||``) and ``"sparsegpt"``
+            (prunes and updates the kept weights to reconstruct each layer's
+            output; needs ``scope="layer"``), a dict of importance tensors, or a
+            :class:`Criterion`.
         granularity: ``"unstructured"``, ``"channels"``, ``"inputs"``, a block ``(r, c)``
             or an N:M pattern ``"2:4"``.
         scope: ``"layer"`` (each layer to the target) or ``"global"`` (one ranking).
@@ -164,6 +171,10 @@ def prune(model: nn.Module, sparsity: SparsityLike, method: CriterionLike = "mag
         seed: seed of ``method="random"``.
         regrow: if False (default) previously pruned units stay pruned.
         permanent: bake the masks right away (no hooks left).
+        calibration: for ``"wanda"`` / ``"sparsegpt"`` (required there, refused
+            elsewhere): an iterable of model inputs; each item is fed as
+            ``model(x)`` (tensor), ``model(*items)`` (tuple/list) or ``model(**d)``
+            (dict).  See :mod:`sparsekit.prune.wanda` and :mod:`sparsekit.prune.sparsegpt`.
 
     Masks stay attached (gradients masked, weights re-zeroed before each forward)
     until :func:`make_permanent`.
@@ -181,7 +192,8 @@ def prune(model: nn.Module, sparsity: SparsityLike, method: CriterionLike = "mag
     """
     engine = _Engine(model, method, granularity, scope, include, exclude, min_sparsity=min_sparsity,
                      max_sparsity=max_sparsity, skip_first=skip_first, skip_last=skip_last,
-                     param_names=param_names, block_reduce=block_reduce, norm=norm, seed=seed, regrow=regrow)
+                     param_names=param_names, block_reduce=block_reduce, norm=norm, seed=seed, regrow=regrow,
+                     calibration=calibration)
     masks = engine.attach(engine.compute(sparsity))
     if permanent:
         from .masks import make_permanent
@@ -209,6 +221,10 @@ class Pruner:
             or a number (constant sparsity, updated every step).
         method, granularity, scope, include, exclude, ...: as in :func:`prune`.
         optimizer: optional; its state entries of pruned weights are zeroed.
+        calibration: model inputs for ``method="wanda"`` / ``"sparsegpt"``; kept by the
+            criterion, which captures its statistics at the first mask update and
+            reuses them at later updates (``pruner.criterion.reset()`` recaptures).
+            SparseGPT also rewrites the kept weights at every update.
 
     Example:
         >>> import torch
@@ -231,12 +247,13 @@ class Pruner:
                  exclude: Selector = None, *, optimizer: Optional[torch.optim.Optimizer] = None,
                  min_sparsity: BoundLike = None, max_sparsity: BoundLike = None, skip_first: bool = False,
                  skip_last: bool = False, param_names: Sequence[str] = ("weight",), block_reduce: str = "mean",
-                 norm: int = 2, seed: int = 0, regrow: bool = False, sync_distributed: bool = True) -> None:
+                 norm: int = 2, seed: int = 0, regrow: bool = False, sync_distributed: bool = True,
+                 calibration: Any = None) -> None:
         self.schedule = as_schedule(schedule)
         self._engine = _Engine(model, method, granularity, scope, include, exclude, min_sparsity=min_sparsity,
                                max_sparsity=max_sparsity, skip_first=skip_first, skip_last=skip_last,
                                param_names=param_names, block_reduce=block_reduce, norm=norm, seed=seed,
-                               regrow=regrow)
+                               regrow=regrow, calibration=calibration)
         self.model = model
         self.optimizer = optimizer
         self.sync_distributed = sync_distributed

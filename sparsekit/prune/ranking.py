@@ -152,3 +152,33 @@ def _select_global_unbounded(layers: Sequence[Tuple[Tensor, Optional[Tensor]]], 
         offset += idx.numel()
         out.append(p)
     return out
+
+
+def lowest_per_row(scores: Tensor, k: int, forced: Optional[Tensor] = None) -> Tensor:
+    """Bool ``(rows, cols)`` mask of ``k`` entries of a 2-D score matrix, compared within each row.
+
+    Every row gives up its lowest entries in turn: the ``k`` entries with the
+    smallest ``(rank within row, score, index)`` are chosen, so with ``k`` a
+    multiple of ``rows`` each row loses exactly ``k / rows`` entries, and the
+    remainder goes to the rows whose next candidate scores lowest.  Entries
+    in ``forced`` (previously pruned) come first and count toward their row.
+    """
+    rows, cols = scores.shape
+    n = rows * cols
+    if k > n:
+        raise ValueError(f"cannot prune {k} of {n} entries")
+    s = scores.detach().to(device="cpu", dtype=torch.float64).clone()
+    if forced is not None:
+        forced = forced.detach().cpu().bool()
+        s[forced] = -math.inf
+    order = torch.argsort(s, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(cols).expand(rows, cols).contiguous())
+    if forced is not None:
+        rank[forced] = -1
+    flat_s, flat_rank = s.reshape(-1), rank.reshape(-1)
+    by_score = torch.argsort(flat_s, stable=True)
+    by_key = by_score[torch.argsort(flat_rank[by_score], stable=True)]
+    out = torch.zeros(n, dtype=torch.bool)
+    out[by_key[:k]] = True
+    return out.reshape(rows, cols)
