@@ -32,6 +32,7 @@ from sparsekit.prune import (
     shrink,
     sparsity_report,
 )
+from sparsekit import distill  # the subpackage; callable: sparsekit.distill(...) is distill.distill(...)
 
 __version__ = "0.1.0"
 
@@ -63,6 +64,7 @@ __all__ = [
     "L2",
     "ElasticNet",
     "GroupLasso",
+    "distill",
     # conversion and inference
     "nn",
     "convert",
