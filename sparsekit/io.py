@@ -22,15 +22,15 @@ import math
 import os
 import struct
 import tempfile
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Tuple, Union
 
 import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from sparsekit.formats import BLOCK_SIDES, SparseMatrix
-from sparsekit.nn import ACTIVATIONS, SparseConv1d, SparseConv2d, SparseLinear, SparseModule, fuse_sequentials
+from sparsekit.formats import SparseMatrix
+from sparsekit.nn import LAYER_TYPES, SparseModule, fuse_sequentials
 
 __all__ = ["save", "load", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -48,8 +48,7 @@ _DTYPES = {  # safetensors dtype -> (torch dtype, item size)
 if hasattr(torch, "uint16"):
     _DTYPES["U16"] = (torch.uint16, 2)
 
-_SPARSE_TYPES = {"SparseLinear": SparseLinear, "SparseConv2d": SparseConv2d, "SparseConv1d": SparseConv1d}
-_SPARSE_KEYS = ("weight_indptr", "weight_indices", "weight_values", "bias")
+_SPARSE_KEYS = SparseModule.BUFFERS
 
 
 def _check_path(path: Any, name: str = "path") -> str:
@@ -59,18 +58,6 @@ def _check_path(path: Any, name: str = "path") -> str:
 
 
 # ------------------------------------------------------------------------------------ save
-def _layer_meta(m: SparseModule) -> dict:
-    meta = {"type": type(m).__name__, "shape": [m._rows, m._cols], "block": list(m.block),
-            "activation": m.activation, "bias": m.bias is not None,
-            "index_dtype": m.index_dtype}
-    if isinstance(m, (SparseConv2d, SparseConv1d)):
-        meta.update(in_channels=m.in_channels, out_channels=m.out_channels,
-                    kernel_size=list(m.kernel_size), stride=list(m.stride),
-                    padding=m.padding if isinstance(m.padding, str) else list(m.padding),
-                    dilation=list(m.dilation), padding_mode=m.padding_mode)
-    return meta
-
-
 def save(model: nn.Module, path: PathLike) -> None:
     """Write a (converted) model's weights to ``path`` as safetensors, without pickle.
 
@@ -90,7 +77,7 @@ def save(model: nn.Module, path: PathLike) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     path = _check_path(path)
-    layers = {name: _layer_meta(m) for name, m in model.named_modules() if isinstance(m, SparseModule)}
+    layers = {name: m.file_meta() for name, m in model.named_modules() if isinstance(m, SparseModule)}
     identities = [name for name, m in model.named_modules() if type(m) is nn.Identity and name]
     tensors: Dict[str, Tensor] = {}
     aliases: Dict[str, str] = {}
@@ -213,76 +200,154 @@ def _json_field(meta: Dict[str, str], key: str, kind: type, path: str):
     return value
 
 
-def _int_list(v: Any, n: int, what: str, minimum: int = 0) -> Tuple[int, ...]:
-    if (not isinstance(v, list) or len(v) != n
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= minimum for s in v)):
-        raise ValueError(f"{what} must be a list of {n} ints >= {minimum}, got {v!r}")
-    return tuple(v)
-
-
 def _check_layer_meta(name: str, meta: Any, path: str) -> dict:
+    """One layer's metadata from the file, checked by the layer class it names."""
     where = f"{path!r}: layer {name!r}"
     if not isinstance(meta, dict):
         raise ValueError(f"{where}: metadata must be an object")
     kind = meta.get("type")
-    if kind not in _SPARSE_TYPES:
+    if kind not in LAYER_TYPES:
         raise ValueError(f"{where}: unknown layer type {kind!r}")
-    shape = _int_list(meta.get("shape"), 2, f"{where}: shape")
-    block = _int_list(meta.get("block"), 2, f"{where}: block", 1)
-    if any(s not in BLOCK_SIDES for s in block):
-        raise ValueError(f"{where}: block sides must be in {BLOCK_SIDES}, got {block}")
-    if "activation" not in meta or meta["activation"] not in ACTIVATIONS:
-        raise ValueError(f"{where}: activation {meta.get('activation')!r} is not one of {ACTIVATIONS}")
-    if not isinstance(meta.get("bias"), bool):
-        raise ValueError(f"{where}: bias must be true or false")
-    if meta.get("index_dtype") not in ("uint16", "int32"):
-        raise ValueError(f"{where}: index_dtype must be 'uint16' or 'int32'")
-    out = dict(type=kind, shape=shape, block=block, activation=meta["activation"], bias=meta["bias"],
-               index_dtype=meta["index_dtype"])
-    if kind != "SparseLinear":
-        nd = 2 if kind == "SparseConv2d" else 1
-        for key in ("in_channels", "out_channels"):
-            v = meta.get(key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{where}: {key} must be a positive int, got {v!r}")
-            out[key] = v
-        out["kernel_size"] = _int_list(meta.get("kernel_size"), nd, f"{where}: kernel_size", 1)
-        out["stride"] = _int_list(meta.get("stride"), nd, f"{where}: stride", 1)
-        out["dilation"] = _int_list(meta.get("dilation"), nd, f"{where}: dilation", 1)
-        pad = meta.get("padding")
-        out["padding"] = pad if pad in ("same", "valid") else _int_list(pad, nd, f"{where}: padding")
-        if meta.get("padding_mode") not in ("zeros", "reflect", "replicate", "circular"):
-            raise ValueError(f"{where}: invalid padding_mode {meta.get('padding_mode')!r}")
-        out["padding_mode"] = meta["padding_mode"]
-        if shape != (out["out_channels"], out["in_channels"] * math.prod(out["kernel_size"])):
-            raise ValueError(f"{where}: shape {shape} does not match the convolution geometry")
-    return out
-
-
-def _check_target(name: str, target: nn.Module, meta: dict) -> None:
-    kind = meta["type"]
-    rows, cols = meta["shape"]
-    where = f"model layer {name!r}"
-    if kind == "SparseLinear":
-        if not isinstance(target, (nn.Linear, SparseLinear)):
-            raise ValueError(f"{where} is a {type(target).__name__}, the file holds a SparseLinear")
-        if (target.out_features, target.in_features) != (rows, cols):
-            raise ValueError(f"{where} is {target.in_features} -> {target.out_features}, the file holds "
-                             f"{cols} -> {rows}")
-        return
-    dense_cls = nn.Conv2d if kind == "SparseConv2d" else nn.Conv1d
-    if not isinstance(target, (dense_cls, _SPARSE_TYPES[kind])):
-        raise ValueError(f"{where} is a {type(target).__name__}, the file holds a {kind}")
-    if getattr(target, "groups", 1) != 1:
-        raise ValueError(f"{where} has groups={target.groups}, the file holds a groups=1 convolution")
-    for key in ("in_channels", "out_channels", "kernel_size", "stride", "dilation", "padding", "padding_mode"):
-        have = getattr(target, key)
-        have = tuple(have) if isinstance(have, (list, tuple)) else have
-        if have != meta[key]:
-            raise ValueError(f"{where} has {key}={have!r}, the file holds {meta[key]!r}")
+    return LAYER_TYPES[kind].check_file_meta(meta, where)
 
 
 _EXPECTED_DTYPES = {"weight_indptr": ("I64",), "weight_values": ("F32",), "bias": ("F32",)}
+_ABSORBED = (nn.Identity, nn.ReLU, nn.GELU, nn.BatchNorm1d, nn.BatchNorm2d)  # what an identity may replace
+
+
+def _check_layer_tensors(path: str, name: str, lm: dict, header: Dict[str, dict]) -> None:
+    """The header holds exactly the tensors layer ``name`` needs, with the right dtypes."""
+    for key in _SPARSE_KEYS:
+        full = f"{name}.{key}" if name else key
+        if key == "bias" and not lm["bias"]:
+            if full in header:
+                raise ValueError(f"{path!r}: layer {name!r} has no bias but the file holds {full!r}")
+            continue
+        if full not in header:
+            raise ValueError(f"{path!r}: layer {name!r} is missing tensor {full!r}")
+        allowed = _EXPECTED_DTYPES.get(key, ("U16", "I32"))
+        if header[full]["dtype"] not in allowed:
+            raise ValueError(f"{path!r}: {full!r} must have dtype {' or '.join(allowed)}, "
+                             f"got {header[full]['dtype']}")
+        if key == "weight_values" and header[full]["shape"][1:] != list(lm["block"]):
+            raise ValueError(f"{path!r}: {full!r} must be shaped (n_blocks, {lm['block'][0]}, "
+                             f"{lm['block'][1]}), got {header[full]['shape']}")
+
+
+class _Contents(NamedTuple):
+    """A file's checked metadata: sparse layers by name, absorbed modules, tied tensors."""
+    layers: Dict[str, dict]
+    identities: List[str]
+    aliases: Dict[str, str]
+
+
+def _validate(path: str, header: Dict[str, dict], meta: Dict[str, str]) -> _Contents:
+    """Check the metadata against itself and the header, before the model is looked at."""
+    layers_raw = _json_field(meta, "layers", dict, path)
+    identities = _json_field(meta, "identities", list, path)
+    aliases = _json_field(meta, "aliases", dict, path)
+    layers = {}
+    for name, lm in layers_raw.items():
+        layers[name] = _check_layer_meta(name, lm, path)
+        _check_layer_tensors(path, name, layers[name], header)
+    if not all(isinstance(n, str) for n in identities):
+        raise ValueError(f"{path!r}: metadata 'identities' must list module names")
+    for k, v in aliases.items():
+        if not isinstance(v, str) or v not in header or k in header:
+            raise ValueError(f"{path!r}: alias {k!r} -> {v!r} does not name a stored tensor")
+    return _Contents(layers, identities, aliases)
+
+
+def _submodule(path: str, model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"{path!r} holds layer {name!r}, which the model does not have") from None
+
+
+def _check_fits(path: str, model: nn.Module, contents: _Contents) -> None:
+    """Every sparse layer and absorbed module of the file has a matching module in ``model``."""
+    for name, lm in contents.layers.items():
+        target = _submodule(path, model, name) if name else model
+        LAYER_TYPES[lm["type"]].check_load_target(target, lm, f"model layer {name or '<root>'!r}")
+    for name in contents.identities:
+        target = _submodule(path, model, name)
+        if not isinstance(target, _ABSORBED):
+            raise ValueError(f"{path!r}: module {name!r} was absorbed into a sparse layer, but in this model "
+                             f"it is a {type(target).__name__}")
+
+
+def _sparse_keys(layers: Dict[str, dict]) -> set:
+    return {(f"{n}.{k}" if n else k) for n in layers for k in _SPARSE_KEYS}
+
+
+def _read_tensors(path: str, blob: bytes) -> Dict[str, Tensor]:
+    try:
+        return safetensors_load(blob)  # copies out of `blob`: nothing aliases the file
+    except Exception as exc:  # noqa: BLE001 - the header was checked; anything left is corruption
+        raise ValueError(f"{path!r}: unreadable tensor data ({exc})") from None
+
+
+def _build_layers(path: str, layers: Dict[str, dict], tensors: Dict[str, Tensor]) -> Dict[str, SparseModule]:
+    """Each sparse layer rebuilt from its arrays, every array validated by ``from_arrays``."""
+    built: Dict[str, SparseModule] = {}
+    for name, lm in layers.items():
+        prefix = f"{name}." if name else ""
+        try:
+            m = SparseMatrix.from_arrays(lm["shape"], tensors[prefix + "weight_indptr"],
+                                         tensors[prefix + "weight_indices"], tensors[prefix + "weight_values"],
+                                         block=lm["block"], index_dtype=lm["index_dtype"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path!r}: layer {name!r} holds invalid sparse arrays: {exc}") from None
+        bias = tensors[prefix + "bias"] if lm["bias"] else None
+        if bias is not None and tuple(bias.shape) != (lm["shape"][0],):
+            raise ValueError(f"{path!r}: {prefix}bias must have shape ({lm['shape'][0]},)")
+        built[name] = LAYER_TYPES[lm["type"]].from_file_meta(lm, m, bias)
+    return built
+
+
+def _plain_tensors(path: str, header: Dict[str, dict], contents: _Contents,
+                   tensors: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The state-dict entries outside the sparse layers, tied tensors expanded."""
+    sparse_keys = _sparse_keys(contents.layers)
+    rest = {k: tensors[k] for k in header if k not in sparse_keys}
+    for k, v in contents.aliases.items():
+        rest[k] = rest[v] if v in rest else None
+        if rest[k] is None:
+            raise ValueError(f"{path!r}: alias {k!r} points at a sparse-layer tensor")
+    return rest
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    parent._modules[child] = new
+
+
+def _apply(path: str, model: nn.Module, contents: _Contents, built: Dict[str, SparseModule],
+           rest: Dict[str, Tensor], strict: bool) -> nn.Module:
+    """Swap the sparse layers and identities into ``model``, then load the other tensors."""
+    if "" in built:
+        return built[""].eval()
+    for name, new in built.items():
+        _set_submodule(model, name, new)
+    for name in contents.identities:
+        _set_submodule(model, name, nn.Identity())
+    expected = model.state_dict()
+    for k, v in rest.items():
+        if k in expected and tuple(expected[k].shape) != tuple(v.shape):
+            raise ValueError(f"{path!r}: tensor {k!r} has shape {tuple(v.shape)}, the model expects "
+                             f"{tuple(expected[k].shape)}")
+    result = model.load_state_dict(rest, strict=False)
+    if strict:
+        sparse_keys = _sparse_keys(contents.layers)
+        missing = [k for k in result.missing_keys if k not in sparse_keys]
+        unexpected = list(result.unexpected_keys)
+        if missing or unexpected:
+            raise ValueError(f"{path!r} does not match the model: missing {missing[:10]}, "
+                             f"unexpected {unexpected[:10]}")
+    fuse_sequentials(model)  # as convert does: consecutive sparse linear layers in one call
+    return model.eval()
 
 
 def load(path: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
@@ -317,107 +382,10 @@ def load(path: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     blob = _read_file(path)
     header, meta = _read_header(path, blob)
-    layers_raw = _json_field(meta, "layers", dict, path)
-    identities = _json_field(meta, "identities", list, path)
-    aliases = _json_field(meta, "aliases", dict, path)
-    layers = {}
-    for name, lm in layers_raw.items():
-        layers[name] = _check_layer_meta(name, lm, path)
-        for key in _SPARSE_KEYS:
-            full = f"{name}.{key}" if name else key
-            if key == "bias" and not layers[name]["bias"]:
-                if full in header:
-                    raise ValueError(f"{path!r}: layer {name!r} has no bias but the file holds {full!r}")
-                continue
-            if full not in header:
-                raise ValueError(f"{path!r}: layer {name!r} is missing tensor {full!r}")
-            allowed = _EXPECTED_DTYPES.get(key, ("U16", "I32"))
-            if header[full]["dtype"] not in allowed:
-                raise ValueError(f"{path!r}: {full!r} must have dtype {' or '.join(allowed)}, "
-                                 f"got {header[full]['dtype']}")
-            if key == "weight_values" and header[full]["shape"][1:] != list(layers[name]["block"]):
-                raise ValueError(f"{path!r}: {full!r} must be shaped (n_blocks, {layers[name]['block'][0]}, "
-                                 f"{layers[name]['block'][1]}), got {header[full]['shape']}")
-    if not all(isinstance(n, str) for n in identities):
-        raise ValueError(f"{path!r}: metadata 'identities' must list module names")
-    for k, v in aliases.items():
-        if not isinstance(v, str) or v not in header or k in header:
-            raise ValueError(f"{path!r}: alias {k!r} -> {v!r} does not name a stored tensor")
-
-    def submodule(name: str) -> nn.Module:
-        try:
-            return model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"{path!r} holds layer {name!r}, which the model does not have") from None
-
-    def set_submodule(name: str, new: nn.Module) -> None:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        parent._modules[child] = new
-
-    # Check that everything fits before changing the model.
-    for name, lm in layers.items():
-        if name:
-            _check_target(name, submodule(name), lm)
-        else:
-            _check_target("<root>", model, lm)
-    for name in identities:
-        target = submodule(name)
-        if not isinstance(target, (nn.Identity, nn.ReLU, nn.GELU, nn.BatchNorm1d, nn.BatchNorm2d)):
-            raise ValueError(f"{path!r}: module {name!r} was absorbed into a sparse layer, but in this model "
-                             f"it is a {type(target).__name__}")
-
-    try:
-        tensors = safetensors_load(blob)  # copies out of `blob`: nothing aliases the file
-    except Exception as exc:  # noqa: BLE001 - the header was checked; anything left is corruption
-        raise ValueError(f"{path!r}: unreadable tensor data ({exc})") from None
+    contents = _validate(path, header, meta)
+    _check_fits(path, model, contents)  # everything fits before the model changes
+    tensors = _read_tensors(path, blob)
     del blob
-
-    def get(key: str) -> Tensor:
-        return tensors[key]
-
-    built: Dict[str, nn.Module] = {}
-    for name, lm in layers.items():
-        prefix = f"{name}." if name else ""
-        try:
-            m = SparseMatrix.from_arrays(lm["shape"], get(prefix + "weight_indptr"),
-                                         get(prefix + "weight_indices"), get(prefix + "weight_values"),
-                                         block=lm["block"], index_dtype=lm["index_dtype"])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path!r}: layer {name!r} holds invalid sparse arrays: {exc}") from None
-        bias = get(prefix + "bias") if lm["bias"] else None
-        if bias is not None and tuple(bias.shape) != (lm["shape"][0],):
-            raise ValueError(f"{path!r}: {prefix}bias must have shape ({lm['shape'][0]},)")
-        if lm["type"] == "SparseLinear":
-            built[name] = SparseLinear(m, bias, lm["activation"])
-        else:
-            built[name] = _SPARSE_TYPES[lm["type"]](
-                m, lm["in_channels"], lm["out_channels"], lm["kernel_size"], lm["stride"], lm["padding"],
-                lm["dilation"], lm["padding_mode"], bias, lm["activation"])
-    sparse_keys = {(f"{n}.{k}" if n else k) for n in layers for k in _SPARSE_KEYS}
-    rest = {k: get(k) for k in header if k not in sparse_keys}
-    for k, v in aliases.items():
-        rest[k] = rest[v] if v in rest else None
-        if rest[k] is None:
-            raise ValueError(f"{path!r}: alias {k!r} points at a sparse-layer tensor")
-
-    if "" in built:
-        return built[""].eval()
-    for name, new in built.items():
-        set_submodule(name, new)
-    for name in identities:
-        set_submodule(name, nn.Identity())
-    expected = model.state_dict()
-    for k, v in rest.items():
-        if k in expected and tuple(expected[k].shape) != tuple(v.shape):
-            raise ValueError(f"{path!r}: tensor {k!r} has shape {tuple(v.shape)}, the model expects "
-                             f"{tuple(expected[k].shape)}")
-    result = model.load_state_dict(rest, strict=False)
-    if strict:
-        missing = [k for k in result.missing_keys if k not in sparse_keys]
-        unexpected = list(result.unexpected_keys)
-        if missing or unexpected:
-            raise ValueError(f"{path!r} does not match the model: missing {missing[:10]}, "
-                             f"unexpected {unexpected[:10]}")
-    fuse_sequentials(model)  # as convert does: consecutive sparse linear layers in one call
-    return model.eval()
+    built = _build_layers(path, contents.layers, tensors)
+    rest = _plain_tensors(path, header, contents, tensors)
+    return _apply(path, model, contents, built, rest, strict)
