@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import os
 import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Dict, Iterator, List, Optional, TextIO, Tuple
 
@@ -125,23 +126,6 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@contextmanager
-def _all_threads(n: Optional[int]) -> Iterator[int]:
-    """torch and sparsekit both on ``n`` threads inside the block (``None``: leave the defaults)."""
-    import sparsekit
-
-    if n is None:
-        yield sparsekit.get_num_threads()
-        return
-    before = getattr(sparsekit._runtime, "_num_threads", None)  # None: follow torch
-    with _torch_threads(n):
-        sparsekit.set_num_threads(n)
-        try:
-            yield n
-        finally:
-            sparsekit.set_num_threads(before)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -302,26 +286,30 @@ def _epochs(model: nn.Module, opt: torch.optim.Optimizer, xtr: torch.Tensor, ytr
 
 
 def _latencies(models: List[nn.Module], x: torch.Tensor, repeats: int, bar) -> List[float]:
-    """Median batch-1 latency (microseconds) of each model, calls interleaved round-robin."""
-    import itertools
+    """Median batch-1 latency (microseconds) of each model over ``repeats`` interleaved rounds.
 
-    times: List[List[int]] = [[] for _ in models]
+    Each round calls every model once on the same row (rows cycle through the first 64 of
+    ``x``), and the model that goes first rotates from round to round.
+    """
+    from sparsekit.timing import interleaved
+
     rows = [x[i:i + 1].contiguous() for i in range(min(len(x), 64))]
+    row_streams = [itertools.cycle(rows) for _ in models]  # model k's n-th call gets row n % 64
+    calls = {k: (lambda m=m, it=it: m(next(it))) for k, (m, it) in enumerate(zip(models, row_streams))}
+    times: Dict[int, List[float]] = {k: [] for k in calls}
     with torch.inference_mode():
         for m in models:  # warm-up: caches, thread pools, lazily built kernels
             for r in rows[:16]:
                 m(r)
-        clock = time.perf_counter_ns
-        for i, row in zip(range(repeats), itertools.cycle(rows)):
-            k = i % len(models)
-            for j in range(len(models)):  # rotate who goes first so no model always follows another
-                idx = (k + j) % len(models)
-                m = models[idx]
-                t0 = clock()
-                m(row)
-                times[idx].append(clock() - t0)
-            bar.update(1)
-    return [statistics.median(t) / 1000.0 for t in times]
+        done = 0
+        while done < repeats:  # chunks of len(models) rounds keep the rotation going and feed the bar
+            n = min(len(models), repeats - done)
+            for k, samples in interleaved(calls, rounds=n, calls={k: 1 for k in calls}, each_call=True,
+                                          rotate=True).items():
+                times[k].extend(samples)
+            done += n
+            bar.update(n)
+    return [statistics.median(times[k]) * 1e6 for k in calls]
 
 
 def _prune_while_training(model: nn.Module, xtr: torch.Tensor, ytr: torch.Tensor, cfg: DemoConfig,
@@ -431,7 +419,9 @@ def run_demo(config: DemoConfig = FULL, progress: bool = True, out: Optional[Tex
         f"({timings['prune']:.1f} s)")
 
     # 3. and 4. run on `threads` threads, torch and sparsekit alike (conversion measures with them too)
-    with _all_threads(cfg.threads) as threads:
+    all_threads = sparsekit.threads(cfg.threads, with_torch=True) if cfg.threads is not None \
+        else nullcontext(sparsekit.get_num_threads())  # None: leave both defaults as they are
+    with all_threads as threads:
         sparse, sparse_acc, max_diff, summary, lat = _convert_and_time(dense, model, xte, yte, cfg, progress,
                                                                        timings, say)
 
