@@ -11,7 +11,7 @@ parameter's name and the model's ``state_dict`` keys stay unchanged.
 from __future__ import annotations
 
 import weakref
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,8 @@ from torch.nn.utils import prune as torch_prune
 from .selection import unwrap
 
 __all__ = ["attach_mask", "detach_mask", "apply_masks", "get_mask", "named_masks", "make_permanent",
-           "zero_optimizer_state", "mask_buffer_name", "is_torch_pruned", "effective_weight"]
+           "zero_optimizer_state", "mask_buffer_name", "is_torch_pruned", "effective_weight",
+           "assume_masks_applied"]
 
 _STATE = "_sparsekit_prune"
 _SUFFIX = "_sparsekit_mask"
@@ -215,6 +216,54 @@ def detach_mask(module: nn.Module, param_name: str, bake: bool = True) -> None:
         del module.__dict__[_STATE]
         for k in [k for k, h in module._forward_pre_hooks.items() if isinstance(h, _MaskEnforcer)]:
             del module._forward_pre_hooks[k]
+
+
+def assume_masks_applied(model: nn.Module, params: Iterable[Tensor]) -> int:
+    """Make sparsekit's mask hooks below ``model`` take ``params`` as already masked.
+
+    On the next forward pass the hooks then neither re-zero these parameters in place nor
+    register their gradient-masking hooks on them, whatever values they hold; they take over
+    again once such a parameter is modified in place or replaced by another tensor. Meant for
+    parameters shared with another model, which those in-place writes and hooks would reach;
+    read their masked values through :func:`effective_weight` instead. Parameters are matched
+    by identity; returns how many masked parameters were marked.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.prune import prune
+        >>> from sparsekit.prune.masks import assume_masks_applied
+        >>> layer = torch.nn.Linear(4, 4)
+        >>> _ = prune(layer, 0.5)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.fill_(1.0)  # pruned entries the hook would re-zero
+        >>> assume_masks_applied(layer, [layer.weight])
+        1
+        >>> _ = layer(torch.zeros(1, 4))
+        >>> int((layer.weight == 0).sum())  # left as it was
+        0
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.add_(0.0)  # modified in place: the hooks take over again
+        >>> _ = layer(torch.zeros(1, 4))
+        >>> int((layer.weight == 0).sum())
+        8
+    """
+    wanted = {id(p): p for p in params}
+    marked = 0
+    for module in model.modules():
+        state = module.__dict__.get(_STATE)
+        if state is None:
+            continue
+        for pn, st in state.params.items():
+            p = module._parameters.get(pn)
+            if p is None or wanted.get(id(p)) is not p:
+                continue
+            if st.param_id != id(p):  # a gradient hook on another tensor goes, as in _sync_param
+                if st.handle is not None:
+                    st.handle.remove()
+                st.handle = None
+            st.param_id, st.version = id(p), p._version
+            marked += 1
+    return marked
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
