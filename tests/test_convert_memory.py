@@ -1,4 +1,4 @@
-"""sparsekit.convert holds at most one layer's dense and sparse copies beyond the model (issue 8).
+"""sparsekit.convert holds at most one layer's dense and sparse copies beyond the model and its result.
 
 Each case converts a model of six 2048 x 2048 Linear layers (16 MiB dense each, 90% pruned)
 in a fresh interpreter, so nothing other tests allocated or cached pollutes the figures, and
