@@ -135,7 +135,13 @@ def threads(n: int | None, *, with_torch: bool = False) -> Iterator[int]:
 
 
 def resolve_threads(threads: int | None) -> int:
-    """Validates a per-call thread count; ``None`` means :func:`get_num_threads`."""
+    """Validates a per-call thread count; ``None`` means :func:`get_num_threads`.
+
+    Example:
+        >>> from sparsekit._runtime import resolve_threads
+        >>> resolve_threads(2)
+        2
+    """
     if threads is None:
         return get_num_threads()
     _check_thread_count(threads, "threads")
@@ -143,6 +149,13 @@ def resolve_threads(threads: int | None) -> int:
 
 
 def simd_level() -> str:
+    """The SIMD level the kernels run at now (see :func:`use_simd`).
+
+    Example:
+        >>> from sparsekit._runtime import SIMD_LEVELS, simd_level
+        >>> simd_level() in SIMD_LEVELS
+        True
+    """
     return _core.simd()
 
 

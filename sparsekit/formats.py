@@ -232,6 +232,8 @@ class SparseMatrix:
     def from_arrays(cls, shape: Tuple[int, int], indptr: ArrayLike, indices: ArrayLike,
                     values: ArrayLike, block: Tuple[int, int] = (1, 1),
                     index_dtype: str = "auto") -> "SparseMatrix":
+        # One long function on purpose: it is the single gate for untrusted arrays (files,
+        # state dicts), and every check reads best next to the conversion it guards.
         """Build from raw (block) CSR arrays, validating them fully (safe on untrusted input).
 
         Args:

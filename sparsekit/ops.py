@@ -112,7 +112,16 @@ def _check_x(name: str, x: Tensor) -> None:
 def make_kernel(indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
                 out_features: int, cols: int, activation: int) -> "_core.Weight":
     """The compiled kernel object for these weight tensors (numpy views, no copies; it keeps
-    them alive). O(1) checks only: the arrays must come from a validated source."""
+    them alive). O(1) checks only: the arrays must come from a validated source.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.nn import SparseLinear
+        >>> layer = SparseLinear.from_dense(torch.nn.Linear(8, 4))
+        >>> b = (layer.weight_indptr, layer.weight_indices, layer.weight_values, layer.bias)
+        >>> make_kernel(*b, 4, 8, 0) is not None
+        True
+    """
     r, c = int(values.shape[1]), int(values.shape[2])
     return _core.Weight(out_features, cols, r, c, indptr.numpy(), indices.numpy(), values.numpy().reshape(-1),
                         None if bias is None else bias.numpy(), activation)
@@ -130,7 +139,16 @@ def run_linear(x: Tensor, kernel: "_core.Weight", out_features: int, cols: int,
     """Eager fast path (no dispatcher). Internal: the caller has checked that ``x`` is a
     float32 strided CPU tensor of last dimension ``cols`` that needs no gradient, and that
     ``out``, if given, is a contiguous float32 CPU tensor of the result's shape not
-    overlapping ``x``."""
+    overlapping ``x``.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.nn import SparseLinear
+        >>> layer = SparseLinear.from_dense(torch.nn.Linear(8, 4))
+        >>> b = (layer.weight_indptr, layer.weight_indices, layer.weight_values, layer.bias)
+        >>> run_linear(torch.randn(2, 8), make_kernel(*b, 4, 8, 0), 4, 8).shape
+        torch.Size([2, 4])
+    """
     shape = x.shape
     if len(shape) == 2 and x.is_contiguous() and not x.is_neg():  # (batch, cols) as it comes
         n = shape[0]
@@ -151,6 +169,14 @@ def run_matmul(x: Tensor, kernel: "_core.Weight", out_features: int) -> Tensor:
     The kernel runs once per sample on its ``(cols, L)`` slice, writing ``(out, L)`` straight into
     the NCHW result (measured faster than one call on a transposed ``(cols, N * L)`` copy,
     even for 4x4 feature maps at batch 32); the loop over samples is in C++.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.nn import SparseLinear
+        >>> layer = SparseLinear.from_dense(torch.nn.Linear(8, 4))
+        >>> b = (layer.weight_indptr, layer.weight_indices, layer.weight_values, layer.bias)
+        >>> run_matmul(torch.randn(3, 8, 5), make_kernel(*b, 4, 8, 0), 4).shape
+        torch.Size([3, 4, 5])
     """
     squeeze = x.dim() == 2
     x3 = _dense_input(x.unsqueeze(0) if squeeze else x)
@@ -164,7 +190,16 @@ def run_matmul(x: Tensor, kernel: "_core.Weight", out_features: int) -> Tensor:
 @torch.library.custom_op("sparsekit::sparse_linear", mutates_args=(), device_types="cpu")
 def sparse_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
                   out_features: int, activation: int) -> Tensor:
-    """``activation(x @ W.T + bias)`` with W given as block-CSR tensors (see module docs)."""
+    """``activation(x @ W.T + bias)`` with W given as block-CSR tensors (see module docs).
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.nn import SparseLinear
+        >>> layer = SparseLinear.from_dense(torch.nn.Linear(8, 4))
+        >>> b = (layer.weight_indptr, layer.weight_indices, layer.weight_values, layer.bias)
+        >>> torch.ops.sparsekit.sparse_linear(torch.randn(2, 8), *b, 4, 1).min() >= 0
+        tensor(True)
+    """
     _check_x("sparse_linear", x)
     _check_arrays("sparse_linear", indptr, indices, values, bias, out_features, activation)
     if x.dim() < 1:
@@ -183,7 +218,16 @@ def _sparse_linear_fake(x, indptr, indices, values, bias, out_features, activati
 @torch.library.custom_op("sparsekit::sparse_matmul", mutates_args=(), device_types="cpu")
 def sparse_matmul(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, bias: Optional[Tensor],
                   out_features: int, activation: int) -> Tensor:
-    """``activation(W @ x[n] + bias[:, None])`` per sample of ``x`` (N, in_features, L)."""
+    """``activation(W @ x[n] + bias[:, None])`` per sample of ``x`` (N, in_features, L).
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.nn import SparseLinear
+        >>> layer = SparseLinear.from_dense(torch.nn.Linear(8, 4))
+        >>> b = (layer.weight_indptr, layer.weight_indices, layer.weight_values, layer.bias)
+        >>> torch.ops.sparsekit.sparse_matmul(torch.randn(2, 8, 3), *b, 4, 0).shape
+        torch.Size([2, 4, 3])
+    """
     _check_x("sparse_matmul", x)
     _check_arrays("sparse_matmul", indptr, indices, values, bias, out_features, activation)
     if x.dim() not in (2, 3):

@@ -1,4 +1,4 @@
-"""Limits (issue 8): sizes beyond index ranges fail early and clearly; zero-size everything works.
+"""Limits: sizes beyond index ranges fail early and clearly; zero-size everything works.
 
 What tests/test_formats.py, test_kernels.py, test_fuzz.py and test_io.py already cover is not
 repeated here (index dtype switch at 65536 block columns, empty shapes with one block shape,

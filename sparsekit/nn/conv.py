@@ -103,6 +103,8 @@ class _SparseConvNd(SparseModule):
 
     @classmethod
     def _from_conv(cls, conv, block, index_dtype, activation):
+        if not isinstance(conv, cls._dense):
+            raise TypeError(f"conv must be a torch.nn.{cls._dense.__name__}, got {type(conv).__name__}")
         if conv.groups != 1:
             raise ValueError(f"{cls.__name__} supports groups=1 only, got groups={conv.groups} "
                              "(grouped and depthwise convolutions stay dense)")
@@ -276,9 +278,13 @@ class SparseConv2d(_SparseConvNd):
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, block: Tuple[int, int] = (1, 1), index_dtype: str = "auto",
                    activation: Optional[str] = None) -> "SparseConv2d":
-        """Compress an ``nn.Conv2d`` with ``groups=1`` (masks applied)."""
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
+        """Compress an ``nn.Conv2d`` with ``groups=1`` (masks applied).
+
+        Example:
+            >>> import torch
+            >>> SparseConv2d.from_dense(torch.nn.Conv2d(3, 8, 3), block=(2, 1)).block
+            (2, 1)
+        """
         return cls._from_conv(conv, block, index_dtype, activation)
 
 
@@ -303,7 +309,11 @@ class SparseConv1d(_SparseConvNd):
     @classmethod
     def from_dense(cls, conv: nn.Conv1d, block: Tuple[int, int] = (1, 1), index_dtype: str = "auto",
                    activation: Optional[str] = None) -> "SparseConv1d":
-        """Compress an ``nn.Conv1d`` with ``groups=1`` (masks applied)."""
-        if not isinstance(conv, nn.Conv1d):
-            raise TypeError(f"conv must be a torch.nn.Conv1d, got {type(conv).__name__}")
+        """Compress an ``nn.Conv1d`` with ``groups=1`` (masks applied).
+
+        Example:
+            >>> import torch
+            >>> SparseConv1d.from_dense(torch.nn.Conv1d(4, 6, 3), block=(2, 1)).block
+            (2, 1)
+        """
         return cls._from_conv(conv, block, index_dtype, activation)
