@@ -109,7 +109,7 @@ def text_batches(texts: Iterable[str], model: nn.Module, *, batch_size: int = 16
                  tokenizer: Optional[Callable[..., Any]] = None, max_length: int = 128) -> List[Any]:
     """Tokenize ``texts`` into model batches that follow the calling rule.
 
-    A sentence-transformers model (it has ``.tokenize``) gets 1-tuples ``(features,)``;
+    A sentence-transformers model (it has ``.preprocess`` or ``.tokenize``) gets 1-tuples ``(features,)``;
     otherwise ``tokenizer`` (a Hugging Face tokenizer) makes dict batches
     (``model(**batch)``), padded and truncated to ``max_length``.
 
@@ -126,7 +126,8 @@ def text_batches(texts: Iterable[str], model: nn.Module, *, batch_size: int = 16
     texts = list(texts)
     if not all(isinstance(t, str) for t in texts):
         raise TypeError("texts must all be str")
-    tokenize = getattr(model, "tokenize", None)
+    # sentence-transformers >= 6 names it preprocess (tokenize still works, with a deprecation warning)
+    tokenize = getattr(model, "preprocess", None) or getattr(model, "tokenize", None)
     if tokenizer is None and not callable(tokenize):
         raise TypeError("texts need a tokenizer: pass tokenizer=... (a Hugging Face tokenizer) or a model with "
                         ".tokenize (sentence-transformers)")
