@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from sparsekit import bench
+from sparsekit import SparseMatrix, bench
 
 CONTENDERS = [f"sparsekit-{f}" for f in bench.FORMATS] + list(bench.BASELINES)
 
@@ -53,7 +53,7 @@ def test_convert_and_bytes(benchmark, case, fmt, batch_independent):
     """Conversion time, and bytes of each format against dense float32 (extra_info)."""
     w = bench.dense_weight(case.shape, case.sparsity, bench.FORMATS[fmt])
     block = bench.FORMATS[fmt]
-    m = benchmark(bench.SparseMatrix.from_dense, w, block=block)
+    m = benchmark(SparseMatrix.from_dense, w, block=block)
     dense = 4 * case.shape[0] * case.shape[1]
     benchmark.group = f"convert {case.shape[0]}x{case.shape[1]} sparsity={case.sparsity:g}"
     benchmark.extra_info.update({"nbytes": m.nbytes, "dense_bytes": dense, "ratio": m.nbytes / dense,

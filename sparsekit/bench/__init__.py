@@ -1,0 +1,126 @@
+"""Benchmark report: sparsekit against torch dense, torch CSR and scipy CSR, side by side.
+
+Run ``python -m sparsekit.bench --quick --out bench-out`` (or ``sparsekit bench``). It
+writes, under ``--out``:
+
+* ``report.md``: machine, a table of medians and speedups for every grid point,
+  break-even sparsities, bandwidth at batch 1 against a streaming read of the same
+  bytes, memory;
+* ``results.json``: every measurement;
+* ``bench_speedup.png``, ``bench_bandwidth.png``, ``bench_gflops.png``.
+
+The parts, one job each:
+
+* :mod:`~sparsekit.bench.cases`: grid points, their weights, the contenders;
+* :mod:`~sparsekit.bench.measure`: timing on :func:`sparsekit.timing.interleaved`,
+  quiet-machine waits, the streaming-read reference, resident bytes of a model;
+* :mod:`~sparsekit.bench.sections`: what the report measures, section by section;
+* :mod:`~sparsekit.bench.rss`: the peak-RSS probe, run in fresh interpreters by
+  :func:`peak_rss` (``python -m sparsekit.bench.rss``);
+* :mod:`~sparsekit.bench.report` and :mod:`~sparsekit.bench.plots`: Markdown and PNGs;
+* :mod:`~sparsekit.bench.command`: the options and :func:`main`.
+
+The pytest-benchmark suite and the acceptance floors in ``benchmarks/`` use the same
+weights and contenders (:func:`contenders`).
+
+Example:
+    >>> from sparsekit import bench
+    >>> bench.Case((4096, 4096), 1, 0.9).id
+    '4096x4096-b1-s0.9'
+"""
+
+from sparsekit.bench.command import Plan, build_parser, main, measure_all, plan, write_outputs
+from sparsekit.bench.cases import (
+    BASELINES,
+    FORMATS,
+    FULL_BATCHES,
+    FULL_SHAPES,
+    FULL_SPARSITIES,
+    QUICK_BATCHES,
+    QUICK_SHAPES,
+    QUICK_SPARSITIES,
+    Case,
+    Contender,
+    contenders,
+    dense_weight,
+    grid,
+    kernel_bytes,
+    sparse_weight,
+)
+from sparsekit.bench.measure import (
+    LOAD,
+    LoadPolicy,
+    cpu_busy,
+    interleaved_times,
+    measure,
+    resident_bytes,
+    stream_fn,
+    wait_quiet,
+)
+from sparsekit.bench.plots import bandwidth_plot, gflops_plot, plots, speedup_plot
+from sparsekit.bench.report import NOTES, markdown_table, render, summary_table
+from sparsekit.bench.sections import (
+    COLD_BYTES,
+    PEAK_RSS_SHAPE,
+    PEAK_RSS_SPARSITY,
+    bandwidth,
+    break_even,
+    machine_info,
+    memory_table,
+    peak_rss,
+    run_grid,
+)
+
+__all__ = [
+    # the grid and its contenders
+    "FORMATS",
+    "BASELINES",
+    "FULL_SHAPES",
+    "FULL_BATCHES",
+    "FULL_SPARSITIES",
+    "QUICK_SHAPES",
+    "QUICK_BATCHES",
+    "QUICK_SPARSITIES",
+    "Case",
+    "grid",
+    "dense_weight",
+    "sparse_weight",
+    "kernel_bytes",
+    "Contender",
+    "contenders",
+    # measuring
+    "LoadPolicy",
+    "LOAD",
+    "cpu_busy",
+    "wait_quiet",
+    "measure",
+    "interleaved_times",
+    "stream_fn",
+    "resident_bytes",
+    # the report's sections
+    "COLD_BYTES",
+    "PEAK_RSS_SHAPE",
+    "PEAK_RSS_SPARSITY",
+    "machine_info",
+    "run_grid",
+    "bandwidth",
+    "memory_table",
+    "break_even",
+    "peak_rss",
+    # rendering
+    "NOTES",
+    "markdown_table",
+    "summary_table",
+    "render",
+    "speedup_plot",
+    "bandwidth_plot",
+    "gflops_plot",
+    "plots",
+    # the command
+    "build_parser",
+    "Plan",
+    "plan",
+    "measure_all",
+    "write_outputs",
+    "main",
+]
