@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -34,10 +35,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 import sparsekit
-from sparsekit.bench import interleaved_times, resident_bytes
+from sparsekit.bench import resident_bytes
 from sparsekit.convert import convert
 from sparsekit.io import load, save
 from sparsekit.prune import make_permanent, prune
+from sparsekit.timing import interleaved
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int, relu: bool) -> nn.Sequential:
@@ -115,6 +117,72 @@ def accuracy(model, X, y) -> float:
     return float((model(X).argmax(1) == y).float().mean())
 
 
+def convert_variants(model: nn.Module, specs: dict, Xte: torch.Tensor, yte: torch.Tensor, budget: float,
+                     acc_ft: float) -> tuple:
+    """Each conversion of ``specs``, checked against the masked dense model: (variants, max |logit
+    difference|, accuracy), each a dict by name."""
+    variants, max_abs, acc_sparse = {}, {}, {}
+    example = Xte[:1]
+    with torch.inference_mode():
+        ref = model(Xte)
+    for name, kw in specs.items():
+        t0 = time.time()
+        variants[name] = convert(model, example_inputs=example, time_budget_s=budget, **kw)
+        formats = {}
+        for r in variants[name].sparsekit_summary:
+            formats[r.format] = formats.get(r.format, 0) + 1
+        with torch.inference_mode():
+            got = variants[name](Xte)
+        max_abs[name] = float((got - ref).abs().max())
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)  # BN folding reorders float32 rounding
+        acc_sparse[name] = accuracy(variants[name], Xte, yte)
+        print(f"convert {name}: {time.time() - t0:.1f}s, formats {formats}; max |logit diff| vs masked dense "
+              f"{max_abs[name]:.2e}; accuracy {acc_sparse[name]:.4f} (masked dense {acc_ft:.4f})")
+    return variants, max_abs, acc_sparse
+
+
+def time_models(model: nn.Module, variants: dict, Xte: torch.Tensor, args: argparse.Namespace) -> list:
+    """Dense and every converted variant at batch 1 (and 32), interleaved, per thread count."""
+    timings = []
+    for threads in args.threads:
+        with sparsekit.threads(threads, with_torch=True):
+            for b in (1,) if args.quick else (1, 32):
+                x = Xte[:b].contiguous()
+                fns = {"dense": lambda: model(x)}
+                fns.update({name: (lambda m=m: m(x)) for name, m in variants.items()})
+                with torch.inference_mode():
+                    s = interleaved(fns, rounds=args.rounds, round_s=0.0005 if args.quick else 0.05, warmup=3)
+                t = {k: {"min_ms": min(v) * 1e3, "median_ms": statistics.median(v) * 1e3} for k, v in s.items()}
+                row = {"threads": threads, "batch": b, "ms": t,
+                       "speedup_min": {k: t["dense"]["min_ms"] / t[k]["min_ms"] for k in variants},
+                       "speedup_median": {k: t["dense"]["median_ms"] / t[k]["median_ms"] for k in variants}}
+                timings.append(row)
+                print(f"threads {threads} batch {b:>2}, ms min (median): " + ", ".join(
+                    f"{k} {v['min_ms']:.3f} ({v['median_ms']:.3f})" for k, v in t.items())
+                    + " | speedup min (median): "
+                    + ", ".join(f"{k} {row['speedup_min'][k]:.2f}x ({row['speedup_median'][k]:.2f}x)"
+                                for k in variants))
+    return timings
+
+
+def file_sizes(model: nn.Module, variants: dict, Xte: torch.Tensor, width: int) -> dict:
+    """Bytes of the dense safetensors file and of each variant saved with sparsekit.save;
+    each variant is loaded back and must reproduce its outputs exactly."""
+    sizes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dp = os.path.join(tmp, "dense.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, dp)
+        sizes["dense"] = os.path.getsize(dp)
+        for name, m in variants.items():
+            sp = os.path.join(tmp, f"{name}.safetensors")
+            save(m, sp)
+            sizes[name] = os.path.getsize(sp)
+            reloaded = load(sp, ResNet18Style(width))
+            with torch.inference_mode():
+                torch.testing.assert_close(reloaded(Xte), m(Xte), rtol=0, atol=0)
+    return sizes
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -160,7 +228,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{tuple(args.block)} {acc_pruned:.4f} -> fine-tuned {acc_ft:.4f} ({t_ft:.0f}s); conv sparsity "
           f"{1 - conv_nnz / conv_total:.4f}")
 
-    example = Xte[:1]
     # Three conversions: "auto" timed at batch 1 and 32 (never slower than dense at either),
     # "auto" timed at batch 1 only (a latency deployment), and every conv forced to the
     # pruning block (no timing).
@@ -171,55 +238,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                                                 "*": tuple(args.block)})}
     if args.quick:
         specs.pop("auto_b1_b32")
-    variants, max_abs, acc_sparse = {}, {}, {}
-    with torch.inference_mode():
-        ref = model(Xte)
-    for name, kw in specs.items():
-        t0 = time.time()
-        variants[name] = convert(model, example_inputs=example, time_budget_s=budget, **kw)
-        formats = {}
-        for r in variants[name].sparsekit_summary:
-            formats[r.format] = formats.get(r.format, 0) + 1
-        with torch.inference_mode():
-            got = variants[name](Xte)
-        max_abs[name] = float((got - ref).abs().max())
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)  # BN folding reorders float32 rounding
-        acc_sparse[name] = accuracy(variants[name], Xte, yte)
-        print(f"convert {name}: {time.time() - t0:.1f}s, formats {formats}; max |logit diff| vs masked dense "
-              f"{max_abs[name]:.2e}; accuracy {acc_sparse[name]:.4f} (masked dense {acc_ft:.4f})")
+    variants, max_abs, acc_sparse = convert_variants(model, specs, Xte, yte, budget, acc_ft)
     print(f"\n{variants[next(iter(variants))].sparsekit_summary}\n")
 
-    timings = []
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        sparsekit.set_num_threads(threads)
-        for b in (1,) if args.quick else (1, 32):
-            x = Xte[:b].contiguous()
-            fns = {"dense": lambda: model(x)}
-            fns.update({name: (lambda m=m: m(x)) for name, m in variants.items()})
-            with torch.inference_mode():
-                t = interleaved_times(fns, args.rounds, 0.0005 if args.quick else 0.05)
-            row = {"threads": threads, "batch": b, "ms": t,
-                   "speedup_min": {k: t["dense"]["min_ms"] / t[k]["min_ms"] for k in variants},
-                   "speedup_median": {k: t["dense"]["median_ms"] / t[k]["median_ms"] for k in variants}}
-            timings.append(row)
-            print(f"threads {threads} batch {b:>2}, ms min (median): " + ", ".join(
-                f"{k} {v['min_ms']:.3f} ({v['median_ms']:.3f})" for k, v in t.items()) + " | speedup min (median): "
-                + ", ".join(f"{k} {row['speedup_min'][k]:.2f}x ({row['speedup_median'][k]:.2f}x)" for k in variants))
-    sparsekit.set_num_threads(None)
-
-    sizes = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        dp = os.path.join(tmp, "dense.safetensors")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, dp)
-        sizes["dense"] = os.path.getsize(dp)
-        for name, m in variants.items():
-            sp = os.path.join(tmp, f"{name}.safetensors")
-            save(m, sp)
-            sizes[name] = os.path.getsize(sp)
-            reloaded = load(sp, ResNet18Style(args.width))
-            with torch.inference_mode():
-                torch.testing.assert_close(reloaded(Xte), m(Xte), rtol=0, atol=0)
+    timings = time_models(model, variants, Xte, args)
+    sizes = file_sizes(model, variants, Xte, args.width)
     mem = {"dense": resident_bytes(model)}
     mem.update({name: resident_bytes(m) for name, m in variants.items()})
     print("resident weights kB: " + ", ".join(f"{k} {v / 1e3:.1f}" for k, v in mem.items())

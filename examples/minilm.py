@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -40,10 +41,11 @@ from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 import sparsekit  # noqa: E402
-from sparsekit.bench import interleaved_times, resident_bytes  # noqa: E402
+from sparsekit.bench import resident_bytes  # noqa: E402
 from sparsekit.convert import convert  # noqa: E402
 from sparsekit.io import load, save  # noqa: E402
 from sparsekit.prune import make_permanent, prune  # noqa: E402
+from sparsekit.timing import interleaved  # noqa: E402
 
 SENTENCES = [
     "The cat sits on the warm windowsill and watches the birds outside.",
@@ -116,9 +118,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.quick:
         args.sparsities, args.rounds, sentences = [0.9], 1, SENTENCES[:8]
         args.threads = args.threads or 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        sparsekit.set_num_threads(args.threads)
+    with sparsekit.threads(args.threads or None, with_torch=True):
+        out = run(args, sentences)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1, default=str)
+    return out
+
+
+def run(args: argparse.Namespace, sentences: Sequence[str]) -> dict:
+    """Every sparsity of ``args``: prune, convert, compare and time; the rows main() returns."""
     dense = load_model()
     ref = encode(dense, sentences)
     preprocess = getattr(dense, "preprocess", None) or dense.tokenize  # renamed in sentence-transformers 6
@@ -153,9 +162,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             row[f"cos_{name}_vs_masked_min"] = float(cos.min())
         cos0 = cosines(emb_masked, ref)
         row["cos_masked_vs_dense_mean"], row["cos_masked_vs_dense_min"] = float(cos0.mean()), float(cos0.min())
-        t = interleaved_times({"dense": lambda: encode(dense, sentences), "masked": lambda: encode(masked, sentences),
-                               "csr": lambda: encode(csr, sentences), "auto": lambda: encode(auto, sentences)},
-                              args.rounds)
+        s = interleaved({"dense": lambda: encode(dense, sentences), "masked": lambda: encode(masked, sentences),
+                         "csr": lambda: encode(csr, sentences), "auto": lambda: encode(auto, sentences)},
+                        rounds=args.rounds, warmup=3)
+        t = {k: {"min_ms": min(v) * 1e3, "median_ms": statistics.median(v) * 1e3} for k, v in s.items()}
         row["encode_ms"] = t
         with tempfile.TemporaryDirectory() as tmp:
             dp, sp = os.path.join(tmp, "dense.safetensors"), os.path.join(tmp, "csr.safetensors")
@@ -182,14 +192,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{row['csr_resident'] / 1e6:.1f} MB, auto {row['auto_resident'] / 1e6:.1f} MB; files dense "
               f"{row['dense_file'] / 1e6:.1f} MB, csr {row['csr_file'] / 1e6:.1f} MB; reload min cosine "
               f"{row['reloaded_cos_min']:.6f}")
-    if args.threads:
-        sparsekit.set_num_threads(None)
-    out = {"rows": results, "tokens": tokens, "n_sentences": len(sentences), "cpu": sparsekit.cpu_info(),
-           "args": vars(args)}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1, default=str)
-    return out
+    return {"rows": results, "tokens": tokens, "n_sentences": len(sentences), "cpu": sparsekit.cpu_info(),
+            "args": vars(args)}
 
 
 if __name__ == "__main__":

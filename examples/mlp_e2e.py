@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -29,10 +30,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 import sparsekit
-from sparsekit.bench import interleaved_times, resident_bytes
+from sparsekit.bench import resident_bytes
 from sparsekit.convert import convert
 from sparsekit.io import load, save
 from sparsekit.prune import PolynomialDecay, Pruner, make_permanent, prune
+from sparsekit.timing import interleaved
 
 
 def make_data(n_samples: int, n_features: int, seed: int = 0):
@@ -75,6 +77,29 @@ def train_pruned(model, data, sparsity: float, steps: int, batch: int = 1024, se
                 break
     # The schedule ends at `sparsity`; one last prune makes it exact even for short runs.
     prune(model, sparsity)
+
+
+def time_models(model: nn.Module, sparse: nn.Module, args: argparse.Namespace) -> list:
+    """The dense and the converted model, interleaved, at every batch size and thread count."""
+    timings = []
+    gen = torch.Generator().manual_seed(1)
+    for threads in args.threads:
+        with sparsekit.threads(threads, with_torch=True):
+            for b in args.batches:
+                x = torch.randn(b, 1000, generator=gen)
+                with torch.inference_mode():
+                    s = interleaved({"dense": lambda: model(x), "sparse": lambda: sparse(x)}, rounds=args.rounds,
+                                    round_s=0.0005 if args.quick else 0.02, warmup=3)
+                t = {k: {"min_ms": min(v) * 1e3, "median_ms": statistics.median(v) * 1e3} for k, v in s.items()}
+                row = {"threads": threads, "batch": b, "dense": t["dense"], "sparse": t["sparse"],
+                       "speedup_min": t["dense"]["min_ms"] / t["sparse"]["min_ms"],
+                       "speedup_median": t["dense"]["median_ms"] / t["sparse"]["median_ms"]}
+                timings.append(row)
+                print(f"threads {threads} batch {b:>4}: dense {t['dense']['min_ms']:.4f} ms (median "
+                      f"{t['dense']['median_ms']:.4f}), sparse {t['sparse']['min_ms']:.4f} ms (median "
+                      f"{t['sparse']['median_ms']:.4f}) -> {row['speedup_min']:.2f}x "
+                      f"(median {row['speedup_median']:.2f}x)")
+    return timings
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -125,24 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"outputs on {len(Xva)} validation rows: max |sparse - masked dense| = {max_abs:.2e}; "
           f"val MSE dense {mse_dense:.4e}, sparse {mse_sparse:.4e}")
 
-    timings = []
-    gen = torch.Generator().manual_seed(1)
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        sparsekit.set_num_threads(threads)
-        for b in args.batches:
-            x = torch.randn(b, 1000, generator=gen)
-            with torch.inference_mode():
-                t = interleaved_times({"dense": lambda: model(x), "sparse": lambda: sparse(x)}, args.rounds,
-                                      0.0005 if args.quick else 0.02)
-            row = {"threads": threads, "batch": b, "dense": t["dense"], "sparse": t["sparse"],
-                   "speedup_min": t["dense"]["min_ms"] / t["sparse"]["min_ms"],
-                   "speedup_median": t["dense"]["median_ms"] / t["sparse"]["median_ms"]}
-            timings.append(row)
-            print(f"threads {threads} batch {b:>4}: dense {t['dense']['min_ms']:.4f} ms (median "
-                  f"{t['dense']['median_ms']:.4f}), sparse {t['sparse']['min_ms']:.4f} ms (median "
-                  f"{t['sparse']['median_ms']:.4f}) -> {row['speedup_min']:.2f}x (median {row['speedup_median']:.2f}x)")
-    sparsekit.set_num_threads(None)
+    timings = time_models(model, sparse, args)
 
     with tempfile.TemporaryDirectory() as tmp:
         dense_path, sparse_path = os.path.join(tmp, "dense.safetensors"), os.path.join(tmp, "sparse.safetensors")
