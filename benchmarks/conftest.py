@@ -1,7 +1,8 @@
 """pytest-benchmark suite options: run with ``pytest benchmarks --benchmark-only``.
 
-The default grid is a small subset (a few minutes); ``--full-grid`` runs issue 4's
-whole grid (5 shapes x 5 batches x 6 sparsities x 7 contenders).
+The default grid is a small subset (a few minutes); ``--full-grid`` runs the whole
+grid of the benchmark report (5 shapes x 5 batches x 6 sparsities x 7 contenders).
+The acceptance floors are checked apart: ``python benchmarks/floors.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ DEFAULT_SPARSITIES = (0.7, 0.9)
 def pytest_addoption(parser):
     group = parser.getgroup("sparsekit benchmarks")
     group.addoption("--full-grid", action="store_true", default=False,
-                    help="run the whole issue-4 grid instead of the default subset")
+                    help="run the report's whole grid instead of the default subset")
     group.addoption("--simd", default=None, help="sparsekit SIMD level (default: the best available)")
     group.addoption("--sk-threads", type=int, default=None,
                     help="threads for sparsekit and torch (default: sparsekit.get_num_threads())")
