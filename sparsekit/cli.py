@@ -17,36 +17,20 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import os
 import platform
-import struct
 import sys
-import warnings
-import zipfile
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, List, Optional
+
+from sparsekit import cli_help
+from sparsekit.model_files import (CLIError, UsageError, check_input, check_output, copy_shadow_weights, file_kind,
+                                   load_model, one_line, save_model, shadow_of_script)
 
 __all__ = ["main", "build_parser", "CLIError", "UsageError"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-_EXIT_NOTE = "exit status: 0 success, 1 failure (e.g. a model that cannot be loaded), 2 usage error"
-
-
-class CLIError(Exception):
-    """A failure reported as one line on stderr with exit status 1."""
-
-    exit_code = EXIT_FAILURE
-
-
-class UsageError(CLIError):
-    """A bad argument (missing file, malformed value): one line on stderr, exit status 2."""
-
-    exit_code = EXIT_USAGE
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, CLIError.exit_code, UsageError.exit_code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,12 +38,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _one_line(text: object) -> str:
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    line = lines[0] if lines else ""
-    return line if len(line) <= 400 else line[:397] + "..."
 
 
 # --------------------------------------------------------------------------- argument types
@@ -148,198 +126,12 @@ def _json_object(text: str) -> dict:
     return value
 
 
-# --------------------------------------------------------------------------- model files
-@contextmanager
-def _torchscript_api() -> Iterator[None]:
-    """torch >= 2.10 deprecates torch.jit.*; TorchScript files are still what many users have."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
-        yield
-
-
-@dataclass
-class LoadedModel:
-    """A model read from disk: ``kind`` is ``"torchscript"`` or ``"safetensors"``."""
-
-    kind: str
-    model: Any
-    path: str
-
-
-def _check_input(path: str) -> None:
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a directory, expected a model file")
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"{path}: permission denied")
-
-
-def _check_output(path: str, source: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UsageError(f"{path}: directory {parent} does not exist")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a directory, expected a file name")
-    if os.path.exists(path) and os.path.samefile(path, source):
-        raise UsageError(f"{path}: output would overwrite the input; choose another -o")
-
-
-def _file_kind(path: str) -> str:
-    """'torchscript' for a zip archive, 'safetensors' for a safetensors header, else CLIError."""
-    if zipfile.is_zipfile(path):
-        return "torchscript"
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) == 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 2 <= n <= size - 8 and head[8:9] == b"{":
-            return "safetensors"
-    raise CLIError(f"cannot load {path}: not a TorchScript archive or a safetensors file")
-
-
-def resolve_factory(spec: str) -> Callable[..., Any]:
-    """Import ``package.module:function`` (the attribute may be dotted, e.g. ``mod:Class.build``).
-
-    The current directory is searched too, like ``python -m`` does.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"--factory {spec!r} must look like package.module:function")
-    cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or anything the module raises while importing
-        raise CLIError(f"cannot import factory module {module_name!r}: {_one_line(exc)}") from exc
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise CLIError(f"factory {spec!r}: {getattr(obj, '__name__', obj)!s} has no attribute {part!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise CLIError(f"factory {spec!r} is not callable")
-    return obj
-
-
-def load_model(path: str, factory: Optional[str], factory_kwargs: Optional[dict] = None) -> LoadedModel:
-    """Load a TorchScript file, or a safetensors state_dict into ``factory(**factory_kwargs)``."""
-    _check_input(path)
-    kind = _file_kind(path)
-    import torch
-
-    if kind == "torchscript":
-        if factory is not None:
-            raise UsageError(f"{path} is a TorchScript file; --factory applies to safetensors state_dicts only")
-        try:
-            with _torchscript_api():
-                model = torch.jit.load(path, map_location="cpu")
-        except Exception as exc:
-            raise CLIError(f"cannot load {path} as TorchScript: {_one_line(exc)}") from exc
-        return LoadedModel("torchscript", model, path)
-
-    if factory is None:
-        raise UsageError(f"{path} is a safetensors state_dict; pass --factory package.module:function "
-                         "that builds the model it belongs to")
-    build = resolve_factory(factory)
-    try:
-        model = build(**(factory_kwargs or {}))
-    except Exception as exc:
-        raise CLIError(f"factory {factory!r} failed: {type(exc).__name__}: {_one_line(exc)}") from exc
-    if not isinstance(model, torch.nn.Module):
-        raise CLIError(f"factory {factory!r} returned {type(model).__name__}, expected a torch.nn.Module")
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(path, device="cpu")
-    except Exception as exc:
-        raise CLIError(f"cannot read {path} as safetensors: {_one_line(exc)}") from exc
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_names(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_names(unexpected)}")
-        raise CLIError(f"cannot load {path} into the model from {factory}: " + "; ".join(parts))
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise CLIError(f"cannot load {path} into the model from {factory}: {k} has shape "
-                           f"{tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model")
-    try:
-        model.load_state_dict(state, strict=True)
-    except Exception as exc:
-        raise CLIError(f"cannot load {path} into the model from {factory}: {_one_line(exc)}") from exc
-    model.eval()
-    return LoadedModel("safetensors", model, path)
-
-
-def _names(keys: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
-
-
-def _save_state_dict(model: Any, path: str) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, path, metadata={"format": "pt", "producer": "sparsekit prune"})
-
-
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"  # pragma: no cover
-
-
-# --------------------------------------------------------------------------- TorchScript pruning
-_SCRIPT_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
-
-
-def _shadow_of_script(script: Any) -> tuple:
-    """A plain nn.Module tree mirroring the prunable layers of a ScriptModule.
-
-    The shadow layers share nothing with the script module: pruning runs on them
-    (so every sparsekit criterion and granularity works unchanged) and the
-    pruned weights are copied back. Returns ``(shadow, [(script_layer, shadow_layer)])``.
-    """
-    import torch
-    from torch import nn
-
-    shadow = nn.Module()
-    pairs = []
-    for name, sub in script.named_modules():
-        kind = getattr(sub, "original_name", type(sub).__name__)
-        if not name or kind not in _SCRIPT_TYPES:
-            continue
-        w = getattr(sub, "weight", None)
-        if not isinstance(w, torch.Tensor):
-            continue
-        with torch.device("meta"):
-            if kind == "Linear":
-                layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
-            else:
-                conv = getattr(nn, kind)
-                layer = conv(w.shape[1], w.shape[0], kernel_size=tuple(w.shape[2:]), bias=False)
-        layer.weight = nn.Parameter(w.detach().clone(), requires_grad=False)
-        parent = shadow
-        *path, leaf = name.split(".")
-        for part in path:
-            if part not in parent._modules:
-                parent.add_module(part, nn.Module())
-            parent = parent._modules[part]
-        parent.add_module(leaf, layer)
-        pairs.append((sub, layer))
-    return shadow, pairs
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -402,7 +194,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.factory, args.factory_kwargs)
-    _check_output(args.output, args.model)
+    check_output(args.output, args.model)
     import torch
 
     import sparsekit
@@ -411,7 +203,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     kwargs = dict(method=args.method, granularity=args.granularity, scope=args.scope, exclude=exclude,
                   seed=args.seed)
     if loaded.kind == "torchscript":
-        target, pairs = _shadow_of_script(loaded.model)
+        target, pairs = shadow_of_script(loaded.model)
         if not pairs:
             raise CLIError(f"{args.model}: no Linear or Conv layers with a weight found to prune")
     else:
@@ -420,22 +212,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         with torch.no_grad():
             sparsekit.prune(target, args.sparsity, **kwargs)
     except (TypeError, ValueError) as exc:
-        raise UsageError(_one_line(exc)) from exc
+        raise UsageError(one_line(exc)) from exc
     sparsekit.make_permanent(target)
-    if loaded.kind == "torchscript":
-        with torch.no_grad():
-            for script_layer, layer in pairs:
-                script_layer.weight.copy_(layer.weight)
-        try:
-            with _torchscript_api():
-                torch.jit.save(loaded.model, args.output)
-        except Exception as exc:
-            raise CLIError(f"cannot write {args.output}: {_one_line(exc)}") from exc
-    else:
-        try:
-            _save_state_dict(loaded.model, args.output)
-        except Exception as exc:
-            raise CLIError(f"cannot write {args.output}: {_one_line(exc)}") from exc
+    copy_shadow_weights(pairs)
+    save_model(loaded, args.output)
     report_kwargs: dict = {}
     if isinstance(args.granularity, tuple):
         report_kwargs["block"] = args.granularity
@@ -456,22 +236,22 @@ def _show(value: Any) -> str:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    _check_input(args.model)
-    if _file_kind(args.model) == "torchscript":
+    check_input(args.model)
+    if file_kind(args.model) == "torchscript":
         raise UsageError(f"{args.model} is TorchScript; convert rewrites Python modules, so give a safetensors "
                          "state_dict and --factory package.module:function that builds the model")
     loaded = load_model(args.model, args.factory, args.factory_kwargs)
-    _check_output(args.output, args.model)
+    check_output(args.output, args.model)
     import sparsekit
 
     try:
         converted = sparsekit.convert(loaded.model, format=args.format, batch_sizes=args.batch_sizes)
     except (TypeError, ValueError) as exc:
-        raise UsageError(_one_line(exc)) from exc
+        raise UsageError(one_line(exc)) from exc
     try:
         sparsekit.save(converted, args.output)
     except Exception as exc:
-        raise CLIError(f"cannot write {args.output}: {_one_line(exc)}") from exc
+        raise CLIError(f"cannot write {args.output}: {one_line(exc)}") from exc
     print(_decisions_table(converted))
     before, after = os.path.getsize(args.model), os.path.getsize(args.output)
     ratio = f"{before / after:.1f}x smaller" if after < before else "no smaller: no layer became sparse"
@@ -501,71 +281,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
-_MAIN_EPILOG = """\
-examples:
-  sparsekit info                      # version, SIMD level, OpenMP, threads
-  sparsekit demo                      # train, prune, convert and time an MLP (< 2 min)
-  sparsekit prune model.pt -o pruned.pt --sparsity 0.9
-  sparsekit convert weights.safetensors -o sparse.safetensors --factory mypkg.models:build
-  sparsekit bench --quick --out bench-report
-
-""" + _EXIT_NOTE
-
-_INFO_EPILOG = """\
-examples:
-  sparsekit info
-  sparsekit info --json
-  SPARSEKIT_SIMD=avx2 sparsekit info     # force a SIMD level
-
-""" + _EXIT_NOTE
-
-_DEMO_EPILOG = """\
-Trains an MLP on scikit-learn's bundled digits (no download), prunes it gradually
-with PolynomialDecay while fine-tuning, makes the masks permanent, converts it to
-sparsekit's sparse layers and prints accuracy, stored parameters, bytes and
-batch-1 latency of the dense and the sparse model, measured side by side.
-
-examples:
-  sparsekit demo                 # full run, under 2 minutes on 2 cores
-  sparsekit demo --quick         # smaller model and fewer epochs, under 30 s
-  sparsekit demo --seed 3 --no-progress > demo.txt
-  sparsekit demo --threads 2     # time both models on 2 threads instead of 1
-
-""" + _EXIT_NOTE
-
-_MODEL_HELP = """\
-MODEL is either a TorchScript file (torch.jit.save) or a safetensors state_dict
-(safetensors.torch.save_file(model.state_dict(), ...)) together with --factory
-package.module:function, an importable function that builds the model with the
-same architecture (the current directory is searched as well)."""
-
-_PRUNE_EPILOG = _MODEL_HELP + """
-
-The output has the same format as the input, with the pruned weights set to zero.
-
-examples:
-  sparsekit prune model.pt -o pruned.pt --sparsity 0.9
-  sparsekit prune weights.safetensors -o pruned.safetensors --sparsity 0.8 \\
-      --factory mypkg.models:build_mlp --granularity 4x1
-  sparsekit prune model.pt -o pruned.pt --sparsity 0.5 --granularity 2:4 --exclude 'classifier*'
-
-""" + _EXIT_NOTE
-
-_CONVERT_EPILOG = """\
-MODEL is a safetensors state_dict and --factory package.module:function builds the
-model it belongs to (TorchScript cannot be rewritten into sparse modules). Prune
-first (sparsekit prune) so there are zeros to drop. The output is written with
-sparsekit.save; read it back with sparsekit.load(path, factory()).
-
-examples:
-  sparsekit convert pruned.safetensors -o sparse.safetensors --factory mypkg.models:build_mlp
-  sparsekit convert pruned.safetensors -o sparse.safetensors --factory mypkg.models:build_mlp --format 4x1
-  sparsekit convert pruned.safetensors -o sparse.safetensors --factory mypkg.models:build_mlp --batch-sizes 1
-  sparsekit convert pruned.safetensors -o sparse.safetensors --factory mypkg.models:build \\
-      --factory-kwargs '{"hidden": 1024}'
-
-""" + _EXIT_NOTE
-
 _BENCH_EPILOG = """\
 Runs the benchmark report (sparsekit.bench, also `python -m sparsekit.bench`): every
 contender of a grid point is timed in interleaved rounds. Writes report.md,
@@ -576,7 +291,7 @@ examples:
   sparsekit bench --full --out bench-report       # tens of minutes
   sparsekit bench --shapes 2048x2048 --batches 1 --sparsities 0.9 --no-targets --no-rss
 
-""" + _EXIT_NOTE
+""" + cli_help.EXIT_NOTE
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -593,7 +308,7 @@ def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
     from sparsekit import __version__
 
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = _Parser(prog="sparsekit", formatter_class=fmt, epilog=_MAIN_EPILOG,
+    parser = _Parser(prog="sparsekit", formatter_class=fmt, epilog=cli_help.MAIN_EPILOG,
                      description="Prune PyTorch models, store the weights sparse and run them fast on CPUs.")
     parser.add_argument("--version", action="version", version=f"sparsekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -601,13 +316,13 @@ def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show version, SIMD level, OpenMP runtime and threads",
                        description="Show sparsekit's version, the SIMD level in use and available, the OpenMP "
                                    "runtime and thread counts, and the torch version.",
-                       epilog=_INFO_EPILOG, formatter_class=fmt)
+                       epilog=cli_help.INFO_EPILOG, formatter_class=fmt)
     p.add_argument("--json", action="store_true", help="print the same facts as JSON")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="train, prune, convert and time a model on built-in data",
                        description="The end-to-end demonstration on built-in data (no network).",
-                       epilog=_DEMO_EPILOG, formatter_class=fmt)
+                       epilog=cli_help.DEMO_EPILOG, formatter_class=fmt)
     p.add_argument("--quick", action="store_true", help="smaller model and fewer epochs (under 30 s)")
     p.add_argument("--seed", type=_positive_int, default=0, help="random seed (default 0); same seed, same run")
     p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
@@ -618,7 +333,7 @@ def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="one-shot prune a saved model",
                        description="Prune a saved model once (magnitude, random or L1/L2-norm criterion), "
                                    "write the pruned model and print the sparsity report.",
-                       epilog=_PRUNE_EPILOG, formatter_class=fmt)
+                       epilog=cli_help.PRUNE_EPILOG, formatter_class=fmt)
     _add_model_args(p)
     p.add_argument("--sparsity", type=_sparsity, required=True, metavar="S",
                    help="fraction of weights (or blocks, channels) to remove, in [0, 1)")
@@ -636,7 +351,7 @@ def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a pruned model to sparsekit's sparse format",
                        description="Replace Linear/Conv layers by sparsekit's sparse layers where that is "
                                    "faster, print the per-layer decisions and save with sparsekit.save.",
-                       epilog=_CONVERT_EPILOG, formatter_class=fmt)
+                       epilog=cli_help.CONVERT_EPILOG, formatter_class=fmt)
     _add_model_args(p)
     p.add_argument("--format", type=_format, default="auto",
                    help="auto (default: per layer, by measurement), csr, or a block RxC such as 4x1")
@@ -687,10 +402,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exc:  # a delegate (the benchmark report) exiting on its own
         if isinstance(exc.code, int) or exc.code is None:
             return int(exc.code or 0)
-        print(f"{prog}: error: {_one_line(exc.code)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc.code)}", file=sys.stderr)
         return EXIT_USAGE
     except CLIError as exc:
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -704,7 +419,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         if os.environ.get("SPARSEKIT_DEBUG"):
             raise
-        print(f"{prog}: error: {type(exc).__name__}: {_one_line(exc)} "
+        print(f"{prog}: error: {type(exc).__name__}: {one_line(exc)} "
               "(set SPARSEKIT_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
 
