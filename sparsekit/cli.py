@@ -5,7 +5,8 @@ Every subcommand prints results on stdout, progress and errors on stderr, and
 exits with 0 on success, 1 when the work itself fails (for example a model file
 that cannot be loaded) and 2 on a usage error (unknown option, bad value,
 missing file). Errors are one line; set ``SPARSEKIT_DEBUG=1`` to see the
-traceback of an unexpected failure.
+traceback of an unexpected failure. ``sparsekit bench ARGS`` hands ARGS to
+``sparsekit.bench.main``, whose own parser reads and documents them.
 
 Example:
     >>> from sparsekit.cli import main
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import platform
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from sparsekit import cli_help
 from sparsekit.model_files import (CLIError, UsageError, check_input, check_output, copy_shadow_weights, file_kind,
@@ -31,6 +33,8 @@ from sparsekit.model_files import (CLIError, UsageError, check_input, check_outp
 __all__ = ["main", "build_parser", "CLIError", "UsageError"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, CLIError.exit_code, UsageError.exit_code
+
+BENCH_PROG = "sparsekit bench"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -266,34 +270,18 @@ def _decisions_table(converted: Any) -> str:
     return str(summary) if summary is not None else "(no conversion summary)"
 
 
-def _bench_module() -> Any:
+def _forward_to_bench(argv: List[str]) -> int:
+    """Hand ``argv`` untouched to ``sparsekit.bench.main``: the report parses, validates and documents it."""
     if importlib.util.find_spec("sparsekit.bench") is None:
         raise CLIError("the benchmark report (sparsekit.bench) is not part of this installation")
     from sparsekit import bench
 
-    return bench
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    bench = _bench_module()
-    # the tokens after "bench", already validated against the report's own options
-    return int(bench.main(list(args.bench_argv)) or 0)
+    if "prog" in inspect.signature(bench.main).parameters:
+        return int(bench.main(argv, prog=BENCH_PROG) or 0)
+    return int(bench.main(argv) or 0)  # an older report whose parser names itself "sparsekit bench"
 
 
 # --------------------------------------------------------------------------- parser
-_BENCH_EPILOG = """\
-Runs the benchmark report (sparsekit.bench, also `python -m sparsekit.bench`): every
-contender of a grid point is timed in interleaved rounds. Writes report.md,
-results.json and plots under --out (default ./bench-out).
-
-examples:
-  sparsekit bench --quick                         # a few minutes
-  sparsekit bench --full --out bench-report       # tens of minutes
-  sparsekit bench --shapes 2048x2048 --batches 1 --sparsities 0.9 --no-targets --no-rss
-
-""" + cli_help.EXIT_NOTE
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="TorchScript file or safetensors state_dict")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="file to write")
@@ -303,8 +291,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="keyword arguments for the factory, as a JSON object")
 
 
-def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
-    """The argparse parser of the ``sparsekit`` command (``with_bench_options``: load the report's options)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``sparsekit`` command (``bench`` takes its options from ``sparsekit.bench``)."""
     from sparsekit import __version__
 
     fmt = argparse.RawDescriptionHelpFormatter
@@ -359,46 +347,32 @@ def build_parser(with_bench_options: bool = False) -> argparse.ArgumentParser:
                    help="batch sizes format=auto must win at (default 1,32; use 1 for batch-1 latency)")
     p.set_defaults(func=_cmd_convert)
 
-    # The report's own options (sparsekit.bench), so `sparsekit bench --help` lists all of them;
-    # they are only loaded when the command is `bench`.
-    parents = []
-    if with_bench_options:
-        try:
-            bench = _bench_module()
-            parents = [bench._parser()]
-        except Exception:  # a broken or missing report must not break the other commands
-            parents = []
-    p = sub.add_parser("bench", help="run the benchmark report",
-                       description="Benchmark sparsekit's kernels against torch dense, torch CSR and scipy CSR "
-                                   "side by side; print the table, write report.md, results.json and plots.",
-                       epilog=_BENCH_EPILOG, formatter_class=fmt, parents=parents,
-                       add_help=not parents, conflict_handler="resolve")
-    if not parents:
-        size = p.add_mutually_exclusive_group()
-        size.add_argument("--quick", action="store_true", help="small grid, a few minutes")
-        size.add_argument("--full", action="store_true", help="the whole grid (tens of minutes)")
-        p.add_argument("--out", metavar="DIR", help="directory for the report, table and plots")
-    p.set_defaults(func=_cmd_bench)
+    # Listed for `sparsekit --help` only: main() hands everything after "bench" to sparsekit.bench.main,
+    # whose own parser reads the options and prints `sparsekit bench --help`.
+    sub.add_parser("bench", help="run the benchmark report", add_help=False)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the ``sparsekit`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    is_bench = bool(argv) and argv[0] == "bench"
-    parser = build_parser(with_bench_options=is_bench)
+    if argv[:1] == ["bench"]:
+        return _run(BENCH_PROG, lambda: _forward_to_bench(argv[1:]))
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if getattr(args, "func", None) is None:
         print("sparsekit: error: choose a command: info, demo, prune, convert, bench "
               "(see 'sparsekit --help')", file=sys.stderr)
         return EXIT_USAGE
-    prog = f"sparsekit {args.command}"
-    args.bench_argv = argv[1:] if is_bench else []
+    return _run(f"sparsekit {args.command}", lambda: args.func(args))
+
+
+def _run(prog: str, command: Callable[[], Optional[int]]) -> int:
+    """Call ``command()`` and turn what it raises into one line on stderr and an exit status."""
     try:
-        return int(args.func(args) or 0)
+        return int(command() or 0)
     except SystemExit as exc:  # a delegate (the benchmark report) exiting on its own
         if isinstance(exc.code, int) or exc.code is None:
             return int(exc.code or 0)

@@ -28,6 +28,15 @@ def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
                           timeout=120, cwd=cwd, env=env)
 
 
+def assert_bench_error(err: str, *fragments: str) -> None:
+    """A usage error of sparsekit.bench's own parser: its last line is the error, no traceback."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and "Traceback" not in err, err
+    assert lines[-1].startswith("sparsekit bench: error:"), err
+    for f in fragments:
+        assert f in lines[-1], lines[-1]
+
+
 def assert_one_line_error(err: str, *fragments: str) -> None:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
@@ -77,7 +86,7 @@ def test_help_lists_every_subcommand_with_examples(capsys):
     assert "examples:" in out and "exit status" in out
 
 
-@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+@pytest.mark.parametrize("cmd", [cmd for cmd in SUBCOMMANDS if cmd != "bench"])  # bench: its own parser
 def test_subcommand_help_has_examples(cmd, capsys):
     assert main([cmd, "--help"]) == 0
     out = capsys.readouterr().out
@@ -97,7 +106,7 @@ def test_no_command_is_a_usage_error(capsys):
 
 
 @pytest.mark.parametrize("argv", [["frobnicate"], ["--bogus"], ["info", "--bogus"], ["demo", "--bogus"],
-                                  ["prune", "--bogus"], ["convert", "--bogus"], ["bench", "--bogus"]])
+                                  ["prune", "--bogus"], ["convert", "--bogus"]])
 def test_unknown_command_or_option_is_one_line_exit_2(argv, capsys):
     assert main(argv) == 2
     assert_one_line_error(capsys.readouterr().err)
@@ -385,17 +394,20 @@ def test_convert_missing_output_option(pruned_state_file, capsys):
 
 # ----------------------------------------------------------------------------- bench
 def test_bench_bad_options(capsys):
+    assert main(["bench", "--bogus"]) == 2
+    assert_bench_error(capsys.readouterr().err, "--bogus")
     assert main(["bench", "--quick", "--full"]) == 2
-    assert_one_line_error(capsys.readouterr().err, "not allowed with")
+    assert_bench_error(capsys.readouterr().err, "not allowed with")
     assert main(["bench", "--out"]) == 2
-    assert_one_line_error(capsys.readouterr().err, "--out")
+    assert_bench_error(capsys.readouterr().err, "--out")
     assert main(["bench", "--formats", "diagonal", "--shapes", "8x8"]) == 2  # rejected by the report itself
     assert_one_line_error(capsys.readouterr().err, "diagonal")
 
 
-def test_bench_help_lists_the_report_options(capsys):
+def test_bench_help_is_the_reports_own(capsys):
     assert main(["bench", "--help"]) == 0
     out = capsys.readouterr().out
+    assert "usage: sparsekit bench" in out
     for option in ("--quick", "--full", "--out", "--shapes", "--budget"):
         assert option in out
     assert "examples:" in out
@@ -412,14 +424,26 @@ def test_bench_runs_a_tiny_grid(tmp_path, capsys):
 
 
 def test_bench_forwards_its_arguments(tmp_path, monkeypatch, capsys):
-    """`sparsekit bench` hands its arguments to sparsekit.bench.main and returns its status."""
+    """`sparsekit bench ARGS` hands ARGS untouched to sparsekit.bench.main and returns its status."""
+    import sparsekit.bench as bench
+
+    seen = []
+    monkeypatch.setattr(bench, "main", lambda argv=None, prog="": seen.append((list(argv), prog)) or 0)
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--full"]) == 0
+    assert main(["bench"]) == 0
+    assert main(["bench", "--no-such-option", "x"]) == 0  # not the command line's to judge
+    assert seen == [(["--quick", "--out", str(tmp_path)], "sparsekit bench"), (["--full"], "sparsekit bench"),
+                    ([], "sparsekit bench"), (["--no-such-option", "x"], "sparsekit bench")]
+    monkeypatch.setattr(bench, "main", lambda argv=None, prog="": 3)
+    assert main(["bench", "--quick"]) == 3
+
+
+def test_bench_forwards_to_a_main_without_prog(monkeypatch, capsys):
+    """A report whose main() takes only argv gets only argv."""
     import sparsekit.bench as bench
 
     seen = []
     monkeypatch.setattr(bench, "main", lambda argv=None: seen.append(list(argv)) or 0)
-    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
-    assert main(["bench", "--full"]) == 0
-    assert main(["bench"]) == 0
-    assert seen == [["--quick", "--out", str(tmp_path)], ["--full"], []]
-    monkeypatch.setattr(bench, "main", lambda argv=None: 3)
-    assert main(["bench", "--quick"]) == 3
+    assert main(["bench", "--quick"]) == 0
+    assert seen == [["--quick"]]
