@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import json
 import os
 import platform
@@ -276,9 +275,7 @@ def _forward_to_bench(argv: List[str]) -> int:
         raise CLIError("the benchmark report (sparsekit.bench) is not part of this installation")
     from sparsekit import bench
 
-    if "prog" in inspect.signature(bench.main).parameters:
-        return int(bench.main(argv, prog=BENCH_PROG) or 0)
-    return int(bench.main(argv) or 0)  # an older report whose parser names itself "sparsekit bench"
+    return int(bench.main(argv, prog=BENCH_PROG) or 0)
 
 
 # --------------------------------------------------------------------------- parser

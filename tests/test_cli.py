@@ -438,12 +438,3 @@ def test_bench_forwards_its_arguments(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "main", lambda argv=None, prog="": 3)
     assert main(["bench", "--quick"]) == 3
 
-
-def test_bench_forwards_to_a_main_without_prog(monkeypatch, capsys):
-    """A report whose main() takes only argv gets only argv."""
-    import sparsekit.bench as bench
-
-    seen = []
-    monkeypatch.setattr(bench, "main", lambda argv=None: seen.append(list(argv)) or 0)
-    assert main(["bench", "--quick"]) == 0
-    assert seen == [["--quick"]]
