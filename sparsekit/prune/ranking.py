@@ -168,17 +168,28 @@ def lowest_per_row(scores: Tensor, k: int, forced: Optional[Tensor] = None) -> T
     if k > n:
         raise ValueError(f"cannot prune {k} of {n} entries")
     s = scores.detach().to(device="cpu", dtype=torch.float64).clone()
+    n_forced = torch.zeros(rows, dtype=torch.long)
     if forced is not None:
         forced = forced.detach().cpu().bool()
-        s[forced] = -math.inf
+        s[forced] = -math.inf  # forced entries take the first ranks of their row
+        n_forced = forced.sum(dim=1)
+        if int(n_forced.sum()) > k:  # not all of them can stay pruned: the first k by index
+            out = torch.zeros(n, dtype=torch.bool)
+            out[torch.nonzero(forced.reshape(-1)).reshape(-1)[:k]] = True
+            return out.reshape(rows, cols)
     order = torch.argsort(s, dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(cols).expand(rows, cols).contiguous())
-    if forced is not None:
-        rank[forced] = -1
-    flat_s, flat_rank = s.reshape(-1), rank.reshape(-1)
-    by_score = torch.argsort(flat_s, stable=True)
-    by_key = by_score[torch.argsort(flat_rank[by_score], stable=True)]
-    out = torch.zeros(n, dtype=torch.bool)
-    out[by_key[:k]] = True
-    return out.reshape(rows, cols)
+    # entries pruned when every row gives up its ranks below t: max(forced, t) per row
+    t_all = torch.arange(cols + 1)
+    counts = torch.maximum(n_forced.reshape(-1, 1), t_all.reshape(1, -1)).sum(dim=0)
+    t = int((counts <= k).sum()) - 1
+    rank_pos = torch.maximum(n_forced, torch.tensor(t))  # per row: entries with rank < this go
+    out = torch.arange(cols).reshape(1, -1) < rank_pos.reshape(-1, 1)
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    mask.scatter_(1, order, out)
+    r = k - int(counts[t])
+    if r > 0:  # the rows whose next candidate (rank t) scores lowest give up one more
+        cand = torch.nonzero(n_forced <= t).reshape(-1)
+        nxt = order[cand, t]
+        pick = lowest_k(s[cand, nxt], r)
+        mask[cand[pick], nxt[pick]] = True
+    return mask
