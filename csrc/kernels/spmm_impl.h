@@ -4,7 +4,7 @@
 // (no std containers or out-of-line templates, which would be merged by the linker
 // across units compiled with different -m flags).
 //
-// Design (see shared/design.md):
+// Design (docs/design.md explains each point):
 //  * output-stationary, weight-streaming: a thread owns a range of block rows,
 //    balanced by stored blocks, and streams their values and indices; every output
 //    element is produced by one thread in one fixed order, so results are bitwise
@@ -142,120 +142,158 @@ inline void stream_prefetch(const float* v, const I* idx, int floats) {
   __builtin_prefetch(idx + ahead / G);  // a step reads at most 64 bytes of indices
 }
 
-// Rows of block rows [b0, b1): raw dot products (no bias/activation) into y.
+// Batch-1 row kernels, one per block shape. Each writes the raw dot products (no
+// bias/activation) of one block row's R rows, whose stored blocks are [kb, ke), to
+// acc[0, R). spmv_block_rows below picks one per (R, C) at compile time:
+//
+//   spmv_csr          1 x 1 (CSR)          x gathered by scalar loads, Vec::Gather wide
+//   spmv_tall_rx1     r x 1, r = k * W     one broadcast of x feeds r / W registers
+//   spmv_grouped      r x 1 or 1 x c,      W / r (W / c) blocks per register
+//                     1 < r, c < W         (a Vec with kGroupOps)
+//   spmv_wide_1xc     1 x c, c = k * W     contiguous loads of values and x
+//   spmv_generic_rxc  any other r x c      per-column partial sums (also the narrow
+//                                          shapes on a Vec without group operations)
+//
+// Forced inline: each one is the body of spmv_block_rows's row loop, compiled as if
+// written there.
+#define SK_ROW_KERNEL inline __attribute__((always_inline))
+
+template <class I>
+SK_ROW_KERNEL void spmv_csr(const float* vals, const I* idx, const float* x, int64_t kb, int64_t ke, float* acc) {
+  using G = typename Dep<I>::Vec::Gather;
+  constexpr int GW = G::W;
+  typename G::T a0 = G::zero(), a1 = G::zero();
+  int64_t k = kb;
+  for (; k + 2 * GW <= ke; k += 2 * GW) {
+    stream_prefetch<1>(vals + k, idx + k, 2 * GW);
+    a0 = G::fmadd(G::load(vals + k), G::gather(x, idx + k), a0);
+    a1 = G::fmadd(G::load(vals + k + GW), G::gather(x, idx + k + GW), a1);
+  }
+  for (; k + GW <= ke; k += GW) a0 = G::fmadd(G::load(vals + k), G::gather(x, idx + k), a0);
+  float s = G::hsum(G::add(a0, a1));
+  for (; k < ke; ++k) s += vals[k] * x[idx[k]];
+  acc[0] = s;
+}
+
+template <class I, int R>
+SK_ROW_KERNEL void spmv_tall_rx1(const float* vals, const I* idx, const float* x, int64_t kb, int64_t ke, float* acc) {
+  constexpr int NQ = R / W;
+  constexpr int SETS = NQ == 1 ? 2 : 1;
+  V a[SETS][NQ];
+  for (int s = 0; s < SETS; ++s)
+    for (int q = 0; q < NQ; ++q) a[s][q] = Vec::zero();
+  int64_t k = kb;
+  for (; k + SETS <= ke; k += SETS) {
+    stream_prefetch<R>(vals + k * R, idx + k, SETS * R);
+    for (int s = 0; s < SETS; ++s) {
+      const V xv = Vec::set1(x[idx[k + s]]);
+      for (int q = 0; q < NQ; ++q) a[s][q] = Vec::fmadd(Vec::load(vals + (k + s) * R + q * W), xv, a[s][q]);
+    }
+  }
+  for (; k < ke; ++k) {
+    const V xv = Vec::set1(x[idx[k]]);
+    for (int q = 0; q < NQ; ++q) a[0][q] = Vec::fmadd(Vec::load(vals + k * R + q * W), xv, a[0][q]);
+  }
+  for (int q = 0; q < NQ; ++q) {
+    V t = a[0][q];
+    for (int s = 1; s < SETS; ++s) t = Vec::add(t, a[s][q]);
+    Vec::store(acc + q * W, t);
+  }
+}
+
+// r x 1 (1 < r < W) or 1 x c (1 < c < W) blocks, G = r or c values each: W / G
+// blocks per register, whose values are contiguous (needs Vec::kGroupOps).
+template <class I, int R, int C>
+SK_ROW_KERNEL void spmv_grouped(const float* vals, const I* idx, const float* x, int64_t kb, int64_t ke, float* acc) {
+  constexpr int G = C == 1 ? R : C;
+  constexpr int PER = W / G;  // blocks per register
+  V a0 = Vec::zero(), a1 = Vec::zero();
+  auto xs = [&](int64_t k) {
+    using DV = typename Dep<I>::Vec;
+    if constexpr (C == 1) return DV::template bcast_groups<G>(x, idx + k);
+    else return DV::template chunk_groups<G>(x, idx + k);
+  };
+  int64_t k = kb;
+  for (; k + 2 * PER <= ke; k += 2 * PER) {
+    stream_prefetch<G>(vals + k * G, idx + k, 2 * W);
+    a0 = Vec::fmadd(Vec::load(vals + k * G), xs(k), a0);
+    a1 = Vec::fmadd(Vec::load(vals + (k + PER) * G), xs(k + PER), a1);
+  }
+  for (; k + PER <= ke; k += PER) a0 = Vec::fmadd(Vec::load(vals + k * G), xs(k), a0);
+  float lanes[W];
+  Vec::store(lanes, Vec::add(a0, a1));
+  if constexpr (C == 1) {
+    for (int r = 0; r < R; ++r) {
+      float s = 0.f;
+      for (int g = 0; g < PER; ++g) s += lanes[g * R + r];
+      for (int64_t kk = k; kk < ke; ++kk) s += vals[kk * R + r] * x[idx[kk]];
+      acc[r] = s;
+    }
+  } else {
+    float s = 0.f;
+    for (int l = 0; l < W; ++l) s += lanes[l];
+    for (int64_t kk = k; kk < ke; ++kk)
+      for (int c = 0; c < C; ++c) s += vals[kk * C + c] * x[static_cast<int64_t>(idx[kk]) * C + c];
+    acc[0] = s;
+  }
+}
+
+template <class I, int C>
+SK_ROW_KERNEL void spmv_wide_1xc(const float* vals, const I* idx, const float* x, int64_t kb, int64_t ke, float* acc) {
+  V a[C / W];
+  for (int q = 0; q < C / W; ++q) a[q] = Vec::zero();
+  for (int64_t k = kb; k < ke; ++k) {
+    const float* xb = x + static_cast<int64_t>(idx[k]) * C;
+    for (int q = 0; q < C / W; ++q) a[q] = Vec::fmadd(Vec::load(vals + k * C + q * W), Vec::load(xb + q * W), a[q]);
+  }
+  V t = a[0];
+  for (int q = 1; q < C / W; ++q) t = Vec::add(t, a[q]);
+  acc[0] = Vec::hsum(t);
+}
+
+// C = 0: a block width known only at run time (bc <= 16).
+template <class I, int R, int C>
+SK_ROW_KERNEL void spmv_generic_rxc(const BsrView& w, const float* vals, const I* idx, const float* x, int64_t kb,
+                                    int64_t ke, float* acc) {
+  const int bc = C > 0 ? C : w.bc;
+  constexpr int CM = C > 0 ? C : 16;
+  float part[R][CM];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < CM; ++c) part[r][c] = 0.f;
+  for (int64_t k = kb; k < ke; ++k) {
+    const float* vb = vals + k * R * bc;
+    const float* xb = x + static_cast<int64_t>(idx[k]) * bc;
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < bc; ++c) part[r][c] += vb[r * bc + c] * xb[c];
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = 0.f;
+    for (int c = 0; c < bc; ++c) s += part[r][c];
+    acc[r] = s;
+  }
+}
+
+// Rows of block rows [b0, b1): raw dot products (no bias/activation) into y, by the
+// row kernel for R x C blocks (the one place that chooses it).
 template <class I, int R, int C>
 void spmv_block_rows(const BsrView& w, const I* idx, const float* x, float* y, int64_t b0, int64_t b1) {
   const float* vals = w.values;
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t kb = w.indptr[b], ke = w.indptr[b + 1];
-    float acc[R > 0 ? R : 1];
-    if constexpr (R == 1 && C == 1) {
-      using G = typename Dep<I>::Vec::Gather;
-      constexpr int GW = G::W;
-      typename G::T a0 = G::zero(), a1 = G::zero();
-      int64_t k = kb;
-      for (; k + 2 * GW <= ke; k += 2 * GW) {
-        stream_prefetch<1>(vals + k, idx + k, 2 * GW);
-        a0 = G::fmadd(G::load(vals + k), G::gather(x, idx + k), a0);
-        a1 = G::fmadd(G::load(vals + k + GW), G::gather(x, idx + k + GW), a1);
-      }
-      for (; k + GW <= ke; k += GW) a0 = G::fmadd(G::load(vals + k), G::gather(x, idx + k), a0);
-      float s = G::hsum(G::add(a0, a1));
-      for (; k < ke; ++k) s += vals[k] * x[idx[k]];
-      acc[0] = s;
-    } else if constexpr (C == 1 && R >= W && R % W == 0) {
-      // r x 1 blocks as tall as a register: one broadcast serves R / W registers.
-      constexpr int NQ = R / W;
-      constexpr int SETS = NQ == 1 ? 2 : 1;
-      V a[SETS][NQ];
-      for (int s = 0; s < SETS; ++s)
-        for (int q = 0; q < NQ; ++q) a[s][q] = Vec::zero();
-      int64_t k = kb;
-      for (; k + SETS <= ke; k += SETS) {
-        stream_prefetch<R>(vals + k * R, idx + k, SETS * R);
-        for (int s = 0; s < SETS; ++s) {
-          const V xv = Vec::set1(x[idx[k + s]]);
-          for (int q = 0; q < NQ; ++q) a[s][q] = Vec::fmadd(Vec::load(vals + (k + s) * R + q * W), xv, a[s][q]);
-        }
-      }
-      for (; k < ke; ++k) {
-        const V xv = Vec::set1(x[idx[k]]);
-        for (int q = 0; q < NQ; ++q) a[0][q] = Vec::fmadd(Vec::load(vals + k * R + q * W), xv, a[0][q]);
-      }
-      for (int q = 0; q < NQ; ++q) {
-        V t = a[0][q];
-        for (int s = 1; s < SETS; ++s) t = Vec::add(t, a[s][q]);
-        Vec::store(acc + q * W, t);
-      }
-    } else if constexpr (Vec::kGroupOps && ((C == 1 && R > 1 && R < W) || (R == 1 && C > 1 && C < W))) {
-      // W / G narrow blocks per register: their values are contiguous.
-      constexpr int G = C == 1 ? R : C;
-      constexpr int PER = W / G;  // blocks per register
-      V a0 = Vec::zero(), a1 = Vec::zero();
-      auto xs = [&](int64_t k) {
-        using DV = typename Dep<I>::Vec;
-        if constexpr (C == 1) return DV::template bcast_groups<G>(x, idx + k);
-        else return DV::template chunk_groups<G>(x, idx + k);
-      };
-      int64_t k = kb;
-      for (; k + 2 * PER <= ke; k += 2 * PER) {
-        stream_prefetch<G>(vals + k * G, idx + k, 2 * W);
-        a0 = Vec::fmadd(Vec::load(vals + k * G), xs(k), a0);
-        a1 = Vec::fmadd(Vec::load(vals + (k + PER) * G), xs(k + PER), a1);
-      }
-      for (; k + PER <= ke; k += PER) a0 = Vec::fmadd(Vec::load(vals + k * G), xs(k), a0);
-      float lanes[W];
-      Vec::store(lanes, Vec::add(a0, a1));
-      if constexpr (C == 1) {
-        for (int r = 0; r < R; ++r) {
-          float s = 0.f;
-          for (int g = 0; g < PER; ++g) s += lanes[g * R + r];
-          for (int64_t kk = k; kk < ke; ++kk) s += vals[kk * R + r] * x[idx[kk]];
-          acc[r] = s;
-        }
-      } else {
-        float s = 0.f;
-        for (int l = 0; l < W; ++l) s += lanes[l];
-        for (int64_t kk = k; kk < ke; ++kk)
-          for (int c = 0; c < C; ++c) s += vals[kk * C + c] * x[static_cast<int64_t>(idx[kk]) * C + c];
-        acc[0] = s;
-      }
-    } else if constexpr (R == 1 && C >= W && C % W == 0) {
-      // 1 x c blocks as wide as a register: contiguous loads of values and x.
-      V a[C / W];
-      for (int q = 0; q < C / W; ++q) a[q] = Vec::zero();
-      for (int64_t k = kb; k < ke; ++k) {
-        const float* xb = x + static_cast<int64_t>(idx[k]) * C;
-        for (int q = 0; q < C / W; ++q) a[q] = Vec::fmadd(Vec::load(vals + k * C + q * W), Vec::load(xb + q * W), a[q]);
-      }
-      V t = a[0];
-      for (int q = 1; q < C / W; ++q) t = Vec::add(t, a[q]);
-      acc[0] = Vec::hsum(t);
-    } else {
-      // General r x c blocks (and narrow blocks without group operations).
-      const int bc = C > 0 ? C : w.bc;
-      constexpr int CM = C > 0 ? C : 16;
-      float part[R][CM];
-      for (int r = 0; r < R; ++r)
-        for (int c = 0; c < CM; ++c) part[r][c] = 0.f;
-      for (int64_t k = kb; k < ke; ++k) {
-        const float* vb = vals + k * R * bc;
-        const float* xb = x + static_cast<int64_t>(idx[k]) * bc;
-        for (int r = 0; r < R; ++r)
-          for (int c = 0; c < bc; ++c) part[r][c] += vb[r * bc + c] * xb[c];
-      }
-      for (int r = 0; r < R; ++r) {
-        float s = 0.f;
-        for (int c = 0; c < bc; ++c) s += part[r][c];
-        acc[r] = s;
-      }
-    }
+    float acc[R];
+    if constexpr (R == 1 && C == 1) spmv_csr<I>(vals, idx, x, kb, ke, acc);
+    else if constexpr (C == 1 && R >= W && R % W == 0) spmv_tall_rx1<I, R>(vals, idx, x, kb, ke, acc);
+    else if constexpr (Vec::kGroupOps && ((C == 1 && R > 1 && R < W) || (R == 1 && C > 1 && C < W)))
+      spmv_grouped<I, R, C>(vals, idx, x, kb, ke, acc);
+    else if constexpr (R == 1 && C >= W && C % W == 0) spmv_wide_1xc<I, C>(vals, idx, x, kb, ke, acc);
+    else spmv_generic_rxc<I, R, C>(w, vals, idx, x, kb, ke, acc);
     const int64_t row0 = b * R;
     const int nr = static_cast<int>(std::min<int64_t>(R, w.rows - row0));
     for (int r = 0; r < nr; ++r) y[row0 + r] = acc[r];
   }
 }
 
+#undef SK_ROW_KERNEL
 // --------------------------------------------------------------- batch > 1
 
 // Vectors per panel row and independent accumulator sets: R * NV * SETS >= 8
@@ -352,61 +390,62 @@ void store_chunk(const Problem& p, const float* res, int64_t row0, int64_t nrows
   }
 }
 
+// Batch 1: each thread's rows, then their bias/activation epilogue.
 template <class I, int R, int C>
-void run_typed(const Problem& p) {
+void run_single_vector(const Problem& p, const I* idx, int parts, const int64_t* bounds) {
   const BsrView& w = p.w;
-  const I* idx = static_cast<const I*>(w.indices);
-  const int bc = C > 0 ? C : w.bc;
-  const int64_t nbr = w.n_block_rows();
-  const int64_t cols_pad = w.n_block_cols() * bc;
-  const int64_t fmas = w.n_blocks() * R * bc * p.n;
-  const int parts = detail::threads_for(fmas, p.threads);
-  int64_t bounds[detail::kMaxThreads + 1];
-  detail::partition_rows(w.indptr, nbr, parts, bounds);
-
-  if (p.n == 1) {
-    const float* x = p.x;
-    if (cols_pad != w.cols) {  // edge blocks read past the last column: pad with zeros
-      float* xp = detail::scratch(static_cast<size_t>(cols_pad));
-      std::memcpy(xp, p.x, sizeof(float) * w.cols);
-      std::memset(xp + w.cols, 0, sizeof(float) * (cols_pad - w.cols));
-      x = xp;
-    }
-    parallel_parts(parts, [&](int t) {
-      spmv_block_rows<I, R, C>(w, idx, x, p.y, bounds[t], bounds[t + 1]);
-      const int64_t r0 = bounds[t] * R, r1 = std::min<int64_t>(w.rows, bounds[t + 1] * R);
-      if (r1 > r0) finish_vec(p.y + r0, p.bias ? p.bias + r0 : nullptr, p.act, r1 - r0);
-    });
-    return;
+  const int64_t cols_pad = w.n_block_cols() * (C > 0 ? C : w.bc);
+  const float* x = p.x;
+  if (cols_pad != w.cols) {  // edge blocks read past the last column: pad with zeros
+    float* xp = detail::scratch(static_cast<size_t>(cols_pad));
+    std::memcpy(xp, p.x, sizeof(float) * w.cols);
+    std::memset(xp + w.cols, 0, sizeof(float) * (cols_pad - w.cols));
+    x = xp;
   }
+  parallel_parts(parts, [&](int t) {
+    spmv_block_rows<I, R, C>(w, idx, x, p.y, bounds[t], bounds[t + 1]);
+    const int64_t r0 = bounds[t] * R, r1 = std::min<int64_t>(w.rows, bounds[t + 1] * R);
+    if (r1 > r0) finish_vec(p.y + r0, p.bias ? p.bias + r0 : nullptr, p.act, r1 - r0);
+  });
+}
 
+// The dense operand as panel tiles of NB vectors: tile t starts at data + t * stride
+// and its panel row i at + i * ld.
+struct Panels {
+  const float* data;
+  int64_t ld, stride, tiles;
+};
+
+// x itself when its rows already are panel rows, else x packed into scratch slot 0.
+template <int NB>
+Panels make_panels(const Problem& p, int64_t cols_pad, int parts) {
+  const int64_t n = p.n;
+  const int64_t ntiles = (n + NB - 1) / NB;
+  if (p.layout == Layout::Matmul && n % NB == 0 && cols_pad == p.w.cols)
+    return Panels{p.x, n, NB, ntiles};  // x is (cols, n): its rows already are panel rows
+  float* buf = detail::scratch(static_cast<size_t>(ntiles * cols_pad * NB));
+  const int64_t stride = cols_pad * NB;
+  const int pack_parts = static_cast<int>(std::min<int64_t>(parts, ntiles));
+  parallel_parts(pack_parts, [&](int part) {
+    for (int64_t t = part; t < ntiles; t += pack_parts) {
+      const int64_t v0 = t * NB;
+      pack_tile<NB>(p, v0, static_cast<int>(std::min<int64_t>(NB, n - v0)), cols_pad, buf + t * stride);
+    }
+  });
+  return Panels{buf, NB, stride, ntiles};
+}
+
+// Batch > 1: rows in chunks of about 64 KiB of values (and at most kChunkRows rows),
+// each chunk against every tile, so a chunk's values are read from memory once and
+// from cache for the other tiles.
+template <class I, int R, int C>
+void run_panels(const Problem& p, const I* idx, int parts, const int64_t* bounds) {
+  const BsrView& w = p.w;
+  const int bc = C > 0 ? C : w.bc;
   constexpr int NV = panel_vectors(R);
   constexpr int NB = NV * W;
   const int64_t n = p.n;
-  const int64_t ntiles = (n + NB - 1) / NB;
-  const float* panels;
-  int64_t ldp, tile_stride;
-  if (p.layout == Layout::Matmul && n % NB == 0 && cols_pad == w.cols) {
-    panels = p.x;  // x is (cols, n): its rows already are panel rows
-    ldp = n;
-    tile_stride = NB;
-  } else {
-    float* buf = detail::scratch(static_cast<size_t>(ntiles * cols_pad * NB));
-    ldp = NB;
-    tile_stride = cols_pad * NB;
-    const int pack_parts = static_cast<int>(std::min<int64_t>(parts, ntiles));
-    parallel_parts(pack_parts, [&](int part) {
-      for (int64_t t = part; t < ntiles; t += pack_parts) {
-        const int64_t v0 = t * NB;
-        pack_tile<NB>(p, v0, static_cast<int>(std::min<int64_t>(NB, n - v0)), cols_pad, buf + t * tile_stride);
-      }
-    });
-    panels = buf;
-  }
-
-  // Rows in chunks of about 64 KiB of values (and at most kChunkRows rows), each
-  // chunk against every tile, so a chunk's values are read from memory once and
-  // from cache for the other tiles.
+  const Panels panels = make_panels<NB>(p, w.n_block_cols() * bc, parts);
   constexpr int64_t kChunkRows = 256;
   const int64_t chunk_blocks = std::max<int64_t>(1, 16384 / (R * bc));
   const int64_t chunk_brows = std::max<int64_t>(1, kChunkRows / R);
@@ -415,8 +454,8 @@ void run_typed(const Problem& p) {
     for (int64_t s = bounds[t]; s < bounds[t + 1];) {
       const int64_t e = std::min(detail::chunk_end(w.indptr, s, bounds[t + 1], chunk_blocks), s + chunk_brows);
       const int64_t row0 = s * R, nrows = std::min<int64_t>(w.rows, e * R) - row0;
-      for (int64_t tile = 0; tile < ntiles; ++tile) {
-        panel_block_rows<I, R, C, NV>(w, idx, panels + tile * tile_stride, ldp, s, e, res);
+      for (int64_t tile = 0; tile < panels.tiles; ++tile) {
+        panel_block_rows<I, R, C, NV>(w, idx, panels.data + tile * panels.stride, panels.ld, s, e, res);
         store_chunk<NB>(p, res, row0, nrows, tile * NB, static_cast<int>(std::min<int64_t>(NB, n - tile * NB)));
       }
       s = e;
@@ -424,6 +463,19 @@ void run_typed(const Problem& p) {
   });
 }
 
+// One product with R x C blocks (C = 0: the width w.bc, known at run time) and
+// indices of type I, on threads owning nnz-balanced ranges of block rows.
+template <class I, int R, int C>
+void run_typed(const Problem& p) {
+  const BsrView& w = p.w;
+  const I* idx = static_cast<const I*>(w.indices);
+  const int64_t fmas = w.n_blocks() * R * (C > 0 ? C : w.bc) * p.n;
+  const int parts = detail::threads_for(fmas, p.threads);
+  int64_t bounds[detail::kMaxThreads + 1];
+  detail::partition_rows(w.indptr, w.n_block_rows(), parts, bounds);
+  if (p.n == 1) run_single_vector<I, R, C>(p, idx, parts, bounds);
+  else run_panels<I, R, C>(p, idx, parts, bounds);
+}
 template <class I, int R>
 void run_rows(const Problem& p) {
   switch (p.w.bc) {
