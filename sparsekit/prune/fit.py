@@ -107,6 +107,7 @@ class History:
                 "best_value": self.best_value, "stopped_early": self.stopped_early}
 
 
+# Long because the docstring documents every argument; the steps live in _Steps below.
 def finetune(model: nn.Module, train_loader: Iterable, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
              pruner: Optional[Any] = None, epochs: int = 1, val_loader: Optional[Iterable] = None,
              metric: Optional[MetricFn] = None, *, regularizer: Optional[Callable[[nn.Module], Tensor]] = None,
@@ -154,19 +155,7 @@ def finetune(model: nn.Module, train_loader: Iterable, loss_fn: LossFn, optimize
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
         raise ValueError(f"patience must be a positive int or None, got {patience!r}")
-    if monitor is None:
-        monitor = "metric" if (metric is not None and val_loader is not None) else (
-            "val_loss" if val_loader is not None else "train_loss")
-    if monitor not in ("val_loss", "metric", "train_loss"):
-        raise ValueError(f"monitor must be 'val_loss', 'metric' or 'train_loss', got {monitor!r}")
-    if monitor in ("val_loss", "metric") and val_loader is None:
-        raise ValueError(f"monitor={monitor!r} needs a val_loader")
-    if monitor == "metric" and metric is None:
-        raise ValueError("monitor='metric' needs metric=...")
-    if mode is None:
-        mode = "max" if monitor == "metric" else "min"
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    monitor, mode = _monitor_and_mode(monitor, mode, metric, val_loader)
     try:
         from tqdm.auto import tqdm  # type: ignore
     except ImportError:  # pragma: no cover - tqdm is optional
@@ -178,6 +167,8 @@ def finetune(model: nn.Module, train_loader: Iterable, loss_fn: LossFn, optimize
     bad_epochs = 0
     step = 0
     model.train()
+    run = _Steps(model, loss_fn, optimizer, pruner, regularizer, scheduler, grad_clip, autocast_dtype, device,
+                 on_step, max_steps)
     for epoch in range(epochs):
         t0 = time.perf_counter()
         try:
@@ -186,40 +177,13 @@ def finetune(model: nn.Module, train_loader: Iterable, loss_fn: LossFn, optimize
             n_batches = None
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress) \
             if tqdm is not None and progress else None
-        total, seen = 0.0, 0
-        for batch in train_loader:
-            xs, y, size = _split(_to(batch, device))
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type="cpu" if device is None else torch.device(device).type,
-                                dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                out = model(*xs)
-                loss = loss_fn(out, y)
-            full = loss + regularizer(model) if regularizer is not None else loss
-            full.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            if pruner is not None:
-                pruner.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise FloatingPointError(f"loss became {lv} at step {step}; lower the learning rate or check the data")
-            total += lv * size
-            seen += size
-            if on_step is not None:
-                on_step(step, lv)
+        try:
+            train_loss, step = run.epoch(train_loader, step, bar)
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{lv:.4g}")
-            if max_steps is not None and step >= max_steps:
-                break
-        if bar is not None:
-            bar.close()
-        rec: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / seen if seen else float("nan"),
-                               "val_loss": None, "metric": None, "steps": step}
+                bar.close()
+        rec: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": None, "metric": None,
+                               "steps": step}
         if val_loader is not None:
             ev = evaluate(model, val_loader, loss_fn, metric, device, autocast_dtype)
             rec["val_loss"] = ev["loss"]
@@ -247,3 +211,74 @@ def finetune(model: nn.Module, train_loader: Iterable, loss_fn: LossFn, optimize
         if best_state[1] is not None:
             pruner.load_state_dict(best_state[1])  # type: ignore[union-attr]
     return history
+
+
+def _monitor_and_mode(monitor: Optional[str], mode: Optional[str], metric: Optional[MetricFn],
+                      val_loader: Optional[Iterable]) -> Tuple[str, str]:
+    """Checks ``monitor``/``mode`` and fills their defaults (see :func:`finetune`)."""
+    if monitor is None:
+        monitor = "metric" if (metric is not None and val_loader is not None) else (
+            "val_loss" if val_loader is not None else "train_loss")
+    if monitor not in ("val_loss", "metric", "train_loss"):
+        raise ValueError(f"monitor must be 'val_loss', 'metric' or 'train_loss', got {monitor!r}")
+    if monitor in ("val_loss", "metric") and val_loader is None:
+        raise ValueError(f"monitor={monitor!r} needs a val_loader")
+    if monitor == "metric" and metric is None:
+        raise ValueError("monitor='metric' needs metric=...")
+    if mode is None:
+        mode = "max" if monitor == "metric" else "min"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    return monitor, mode
+
+
+class _Steps:
+    """The optimizer steps of :func:`finetune`, one epoch at a time."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, pruner: Optional[Any],
+                 regularizer: Optional[Callable[[nn.Module], Tensor]], scheduler: Optional[Any],
+                 grad_clip: Optional[float], autocast_dtype: Optional[torch.dtype], device: Optional[torch.device],
+                 on_step: Optional[Callable[[int, float], None]], max_steps: Optional[int]) -> None:
+        self.model, self.loss_fn, self.optimizer, self.pruner = model, loss_fn, optimizer, pruner
+        self.regularizer, self.scheduler, self.grad_clip = regularizer, scheduler, grad_clip
+        self.autocast_dtype, self.device, self.on_step, self.max_steps = autocast_dtype, device, on_step, max_steps
+
+    def one(self, batch: Any, step: int) -> Tuple[float, int]:
+        """One optimizer step on ``batch``; returns its loss and the batch size."""
+        xs, y, size = _split(_to(batch, self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        device_type = "cpu" if self.device is None else torch.device(self.device).type
+        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            out = self.model(*xs)
+            loss = self.loss_fn(out, y)
+        full = loss + self.regularizer(self.model) if self.regularizer is not None else loss
+        full.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.pruner is not None:
+            self.pruner.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"loss became {lv} at step {step}; lower the learning rate or check the data")
+        return lv, size
+
+    def epoch(self, loader: Iterable, step: int, bar: Any) -> Tuple[float, int]:
+        """Steps over ``loader`` (until ``max_steps``); returns the mean training loss and the step count."""
+        total, seen = 0.0, 0
+        for batch in loader:
+            step += 1
+            lv, size = self.one(batch, step)
+            total += lv * size
+            seen += size
+            if self.on_step is not None:
+                self.on_step(step, lv)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{lv:.4g}")
+            if self.max_steps is not None and step >= self.max_steps:
+                break
+        return (total / seen if seen else float("nan")), step

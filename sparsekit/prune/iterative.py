@@ -82,6 +82,8 @@ def _restore(model: nn.Module, snap: Dict[str, Any]) -> None:
         attach_mask(base.get_submodule(mname), pn, m)
 
 
+# Long because the docstring documents the loop's every argument; the loop itself is ~75 lines
+# of one prune -> fine-tune -> evaluate round, kept together so the round reads in order.
 def iterative_prune(model: nn.Module, train_loader: Iterable, val_loader: Iterable, loss_fn: LossFn,
                     optimizer_fn: Callable[[nn.Module], torch.optim.Optimizer], *,
                     sparsities: Optional[Sequence[float]] = None, rate: float = 0.2, max_rounds: int = 10,

@@ -161,6 +161,7 @@ def _positions(model: nn.Module, example_input: object, modules: Sequence[nn.Mod
     return seen
 
 
+# Long because of its docstring; the body is one pass over the prunable layers, read in order.
 def sparsity_report(model: nn.Module, block: Optional[Tuple[int, int]] = None, nm: Optional[str] = None,
                     example_input: object = None, include: Optional[Sequence[type]] = None) -> Report:
     """Report sparsity, storage and compute of every Linear/Conv/Embedding weight.
