@@ -144,7 +144,7 @@ def test_default_mse_loss_falls(kind, torch_seed):
     teacher, student = make(seed=0), make(seed=1)
     data = _token_batches(2) if kind == "dict" else _data(2)
     hist = distill(student, teacher, data, steps=30, lr=1e-2, progress=False)
-    assert len(hist) == 30 and hist.steps == 30 and hist["step"][-1] == 30
+    assert len(hist) == 30 and len(hist.steps) == 30 and hist.steps[-1]["step"] == hist["step"][-1] == 30
     assert hist["loss"][-1] < 0.5 * hist["loss"][0]
     assert hist["loss"] == hist["loss/mse"] and hist["sparsity"][0] == 0.0
 
@@ -217,7 +217,7 @@ def test_hidden_terms_in_the_loop_with_projection(torch_seed):
     hist = distill(student, teacher, _data(), steps=20, loss=loss, lr=1e-2, progress=False)
     assert loss[1].projection is not None and loss[1].projection.weight.shape == (24, 16)
     assert hist["loss/hidden[0]"][-1] < hist["loss/hidden[0]"][0]
-    assert set(hist.epochs[0]) >= {"loss/mse", "loss/hidden[0]", "loss/hidden[2]", "grad_norm", "lr"}
+    assert set(hist.steps[0]) >= {"loss/mse", "loss/hidden[0]", "loss/hidden[2]", "grad_norm", "lr"}
 
 
 def test_kl_and_task_terms_with_labelled_batches(torch_seed):
@@ -385,3 +385,160 @@ def test_text_helpers_deterministic_disjoint_filtered():
     with pytest.raises(ValueError, match="min_words"):
         reference_text(min_words=10, max_words=5)
     assert set(docstring_text(modules=("json",))) < set(held)
+
+
+# -- padding ------------------------------------------------------------------------
+
+def _padded_pair(seed: int = 0):
+    """Token outputs (2 sentences x 4 positions x 3 features) whose padded positions differ wildly."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    s, t = torch.randn(2, 4, 3, generator=gen), torch.randn(2, 4, 3, generator=gen)
+    s_pad = s.clone()
+    s_pad[mask == 0] = 1e3  # what a student computes at pads must not matter
+    return mask, s, s_pad, t
+
+
+@pytest.mark.parametrize("wrap", ["dict", "sentence-transformers"])
+def test_losses_average_token_outputs_over_real_tokens(wrap):
+    mask, s, s_pad, t = _padded_pair()
+    real = mask.bool()
+    batch = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": mask}
+    batch = batch if wrap == "dict" else (batch,)
+    want_mse = ((s[real] - t[real]) ** 2).mean()
+    want_cos = (1 - F.cosine_similarity(s[real], t[real], dim=-1)).mean()
+    pooled_s, pooled_t = s.mean(1), t.mean(1)  # (batch, dim): not token-shaped, plain mean
+    pair = Pair({"tok": s_pad, "emb": pooled_s}, {"tok": t, "emb": pooled_t}, batch=batch)
+    assert MSE(key="tok")(pair).item() == pytest.approx(want_mse.item(), rel=1e-6)
+    assert Cosine(key="tok")(pair).item() == pytest.approx(want_cos.item(), rel=1e-6)
+    assert MSE(key="emb")(pair).item() == pytest.approx(((pooled_s - pooled_t) ** 2).mean().item(), rel=1e-6)
+    want_default = (want_mse + ((pooled_s - pooled_t) ** 2).mean()) / 2
+    assert MSE()(pair).item() == pytest.approx(want_default.item(), rel=1e-6)
+    hidden = Pair(None, None, {"0": s_pad}, {"0": t}, batch=batch)
+    assert Hidden("0")(hidden).item() == pytest.approx(want_mse.item(), rel=1e-6)
+    assert Hidden("0", loss="cosine")(hidden).item() == pytest.approx(want_cos.item(), rel=1e-6)
+    # without a mask every position counts, pads included
+    assert MSE(key="tok")(Pair({"tok": s_pad}, {"tok": t})).item() > 1e4
+
+
+def test_padding_does_not_change_the_distillation_loss(torch_seed):
+    """One batch with two sentences padded to 7 tokens trains exactly like the same batch padded to 5."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 20, (2, 5), generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    short = {"input_ids": ids, "attention_mask": mask}
+    long = {"input_ids": torch.cat([ids, torch.zeros(2, 2, dtype=torch.long)], 1),
+            "attention_mask": torch.cat([mask, torch.zeros(2, 2, dtype=torch.long)], 1)}
+    losses = []
+    for batch in (short, long):
+        teacher, student = FakeHF(), FakeHF(seed=1)
+        hist = distill(student, teacher, [batch], steps=3, loss=[MSE(key="last_hidden_state"), Cosine(key="logits")],
+                       optimizer=torch.optim.SGD(student.parameters(), lr=0.1), progress=False)
+        losses.append(hist["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+# -- teacher cache --------------------------------------------------------------------
+
+class _Reshuffled:
+    """Yields the same batches in a new order every pass, and once a changed batch of the same shape."""
+
+    def __init__(self, batches):
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):
+        self.passes += 1
+        order = list(range(len(self.batches)))
+        if self.passes % 2 == 0:
+            order.reverse()
+        for i in order:
+            b = self.batches[i]
+            yield b + 1.0 if (self.passes == 3 and i == 0) else b
+
+
+def test_teacher_cache_is_keyed_by_batch_contents(torch_seed):
+    teacher = _mlp()
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    losses = []
+    for cache in (False, True):
+        student = _mlp(seed=4)
+        hist = distill(student, teacher, _Reshuffled(_data(n=3)), steps=12, lr=1e-2, cache_teacher=cache,
+                       progress=False)
+        losses.append(hist["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # never a wrong (stale or reordered) output
+    assert len(calls) == 12 + 4  # cached: 3 batches, reversed order reused, and the changed batch recomputed
+
+
+def test_teacher_runner_recomputes_a_batch_changed_in_place():
+    runner = sparsekit.distill.TeacherRunner(nn.Linear(3, 2), cache=True)
+    x = torch.ones(4, 3)
+    first, _ = runner(x)
+    x[2, 1] = 5.0  # same shape, same object, other values
+    second, _ = runner(x)
+    assert not torch.equal(first, second) and (runner.hits, runner.misses) == (0, 2)
+    assert runner(x.clone())[0] is second and runner.hits == 1
+    bf = torch.ones(2, 3, dtype=torch.bfloat16)
+    assert sparsekit.distill.batch_fingerprint({"a": bf}) != sparsekit.distill.batch_fingerprint({"a": bf * 2})
+
+
+# -- recipe: one-shot starts, calibration, failure ----------------------------------------
+
+def test_prune_and_distill_from_a_one_shot_start_keeps_its_masks(torch_seed):
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    data = [torch.randn(16, 8) for _ in range(3)]
+    oneshot = copy.deepcopy(model)
+    sparsekit.prune(oneshot, 0.5, method="wanda", calibration=data, permanent=True)
+    out, hist = prune_and_distill(model, data, sparsity=0.5, one_shot="wanda", steps=5, lr=1e-2,
+                                  return_history=True, progress=False)
+    for i in (0, 2):
+        assert torch.equal(out[i].weight == 0, oneshot[i].weight == 0)  # same mask, default calibration
+        assert not torch.equal(out[i].weight, oneshot[i].weight)  # kept weights trained
+    assert hist["sparsity"] == pytest.approx([0.5] * 5)
+    prune_and_distill(nn.Linear(8, 8), data, sparsity=0.5, method="sparsegpt", steps=3, progress=False)
+    with pytest.raises(ValueError, match="calibration"):
+        prune_and_distill(nn.Linear(8, 8), data, steps=3, calibration=data, progress=False)
+
+
+class _FailAt(MSE):
+    def __init__(self, call: int) -> None:
+        super().__init__()
+        self.calls, self.fail_at = 0, call
+
+    def __call__(self, pair):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("boom")
+        return super().__call__(pair)
+
+
+@pytest.mark.parametrize("one_shot", [None, "magnitude"])
+def test_prune_and_distill_failure_leaves_the_model_as_it_was(one_shot, torch_seed):
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    sparsekit.prune(model[2], 0.25)  # a mask the user attached before: it stays
+    before = copy.deepcopy(model.state_dict())
+    was_masked = sparsekit.prune.get_mask(model[2]).clone()
+    data = [torch.randn(16, 8) for _ in range(3)]
+    with pytest.raises(RuntimeError, match="boom"):
+        prune_and_distill(model, data, sparsity=0.5, steps=9, one_shot=one_shot, loss=_FailAt(6), lr=1e-2,
+                          progress=False)
+    assert sparsekit.prune.get_mask(model[0]) is None and len(model[0]._forward_pre_hooks) == 0
+    assert torch.equal(sparsekit.prune.get_mask(model[2]), was_masked)
+    assert model.training and set(model.state_dict()) == set(before)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="steps"):
+        prune_and_distill(model, data, steps=0)
+    assert sparsekit.prune.get_mask(model[0]) is None
+
+
+# -- history ----------------------------------------------------------------------------
+
+def test_distill_history_records_steps_and_stays_a_history(torch_seed):
+    hist = distill(_mlp(seed=1), _mlp(), _data(), steps=3, lr=1e-2, progress=False)
+    assert isinstance(hist, sparsekit.prune.History)
+    assert [r["step"] for r in hist.steps] == [1, 2, 3] and hist.epochs is hist.steps and len(hist) == 3
+    assert hist["loss"] == [r["loss"] for r in hist.steps]
+    data = hist.to_dict()
+    assert [r["step"] for r in data["steps"]] == [1, 2, 3] and "epochs" not in data
+    assert sparsekit.distill.DistillHistory(steps=[dict(r) for r in hist.steps]).steps == hist.steps

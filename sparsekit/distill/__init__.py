@@ -17,7 +17,7 @@ Example:
     >>> student = copy.deepcopy(teacher)
     >>> loss = [sparsekit.distill.KL(temperature=2.0), sparsekit.distill.Hidden("0", weight=0.1)]
     >>> hist = sparsekit.distill(student, teacher, [torch.randn(16, 4)], steps=2, loss=loss, progress=False)
-    >>> sorted(k for k in hist.epochs[0] if k.startswith("loss"))
+    >>> sorted(k for k in hist.steps[0] if k.startswith("loss"))
     ['loss', 'loss/hidden[0]', 'loss/kl']
 """
 
@@ -28,18 +28,19 @@ import types as _types
 from .hooks import Hidden, HiddenCapture, capture_names, first_tensor
 from .inputs import LabelKey, call_model, move_batch, split_labels, text_batches
 from .loop import DEFAULT_LR, DistillHistory, distill
-from .losses import KL, MSE, Cosine, Key, Pair, Task, Term, as_terms, matched_outputs, output_leaves, select_output
+from .losses import (KL, MSE, Cosine, Key, Pair, Task, Term, as_terms, attention_mask_of, matched_outputs,
+                     output_leaves, select_output, token_mean, cosine_distance)
 from .recipe import prune_and_distill, pruning_schedule
-from .teacher import TeacherRunner, batch_signature, plain_copy
+from .teacher import TeacherRunner, batch_fingerprint, plain_copy
 from .text import DOCSTRING_MODULES, docstring_text, prose_units, reference_text
 
 __all__ = [
     "distill", "DistillHistory", "DEFAULT_LR", "prune_and_distill",
     "Term", "MSE", "Cosine", "KL", "Hidden", "Task", "Pair", "Key",
     "HiddenCapture", "TeacherRunner", "first_tensor", "capture_names",
-    "output_leaves", "select_output", "matched_outputs", "as_terms",
+    "output_leaves", "select_output", "matched_outputs", "as_terms", "attention_mask_of", "token_mean", "cosine_distance",
     "call_model", "move_batch", "split_labels", "text_batches", "LabelKey",
-    "plain_copy", "batch_signature",
+    "plain_copy", "batch_fingerprint",
     "reference_text", "docstring_text", "prose_units", "DOCSTRING_MODULES", "pruning_schedule",
 ]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsekit.prune.selection import unwrap
 
-from .losses import Pair, Term
+from .losses import Pair, Term, attention_mask_of, cosine_distance, token_mean
 
 __all__ = ["Hidden", "HiddenCapture", "first_tensor", "capture_names"]
 
@@ -103,6 +102,9 @@ class Hidden(Term):
     created on the first batch with a fixed seed (identical on every DDP rank) and
     trained with the student.
 
+    Hidden states of shape ``(batch, seq, width)`` in a batch with an ``attention_mask``
+    are compared over real tokens only (see :func:`~sparsekit.distill.token_mean`).
+
     Args:
         loss: ``"mse"`` or ``"cosine"`` (``1 - cosine`` along the last dimension).
 
@@ -160,9 +162,10 @@ class Hidden(Term):
         if s.shape != t.shape:
             raise ValueError(f"{what}: widths {s.shape[-1]} and {t.shape[-1]} differ (project=False)")
         s, t = s.float(), t.float()
+        mask = attention_mask_of(pair.batch)
         if self.loss == "cosine":
-            return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
-        return F.mse_loss(s, t)
+            return cosine_distance(s, t, mask)
+        return token_mean((s - t).pow(2), mask)
 
 
 def capture_names(terms: Sequence[Term]) -> Dict[str, List[str]]:

@@ -7,7 +7,6 @@ import copy
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -28,34 +27,57 @@ DEFAULT_LR = 5e-5
 """AdamW learning rate of :func:`distill` when no optimizer is given (a fine-tuning rate)."""
 
 
-@dataclass
 class DistillHistory(History):
-    """What :func:`distill` did.  Each entry of ``epochs`` is one *optimizer step* here:
-    ``step``, ``loss`` (weighted total, mean over accumulated batches), ``loss/<term>``
-    (each term, unweighted), ``sparsity`` (pruned fraction of the pruner's
-    parameters), ``grad_norm``, ``lr``, ``seconds`` and, on validation steps, ``val``.
-    ``validations`` lists ``{"step", "value"}``; ``best_epoch`` is the best
-    validation's step; ``history["loss"]`` gives the per-step losses.
+    """What :func:`distill` did, one record per *optimizer step* in ``steps``.
+
+    Each record has ``step``, ``loss`` (weighted total, mean over accumulated batches),
+    ``loss/<term>`` (each term, unweighted), ``sparsity`` (pruned fraction of the
+    pruner's parameters), ``grad_norm``, ``lr``, ``seconds`` and, on validation steps,
+    ``val``. ``validations`` lists ``{"step", "value"}``; ``best_epoch`` is the best
+    validation's step. It stays a :class:`sparsekit.prune.History` (the record type of
+    :func:`sparsekit.prune.finetune`, one record per epoch there): ``history["loss"]``
+    gives the per-step losses, ``len(history)`` the steps taken, and ``epochs`` is
+    another name for the same ``steps`` list.
 
     Example:
         >>> from sparsekit.distill import DistillHistory
-        >>> h = DistillHistory(epochs=[{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}])
-        >>> h["loss"], h.steps
-        ([0.5, 0.25], 2)
+        >>> h = DistillHistory(steps=[{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}])
+        >>> h["loss"], len(h), h.steps[-1]["step"], h.epochs is h.steps
+        ([0.5, 0.25], 2, 2, True)
     """
 
-    monitor: str = "validate"
-    validations: List[Dict[str, float]] = field(default_factory=list)
+    def __init__(self, steps: Optional[List[Dict[str, Any]]] = None, *, monitor: str = "validate",
+                 best_epoch: Optional[int] = None, best_value: Optional[float] = None, stopped_early: bool = False,
+                 validations: Optional[List[Dict[str, float]]] = None) -> None:
+        self.steps: List[Dict[str, Any]] = [] if steps is None else steps
+        self.monitor, self.best_epoch, self.best_value = monitor, best_epoch, best_value
+        self.stopped_early = stopped_early
+        self.validations: List[Dict[str, float]] = [] if validations is None else validations
 
-    @property
-    def steps(self) -> int:
-        """Optimizer steps taken."""
-        return len(self.epochs)
+    @property  # type: ignore[override]
+    def epochs(self) -> List[Dict[str, Any]]:
+        """The per-step records (``steps``), under the name :class:`History` gives them."""
+        return self.steps
+
+    @epochs.setter
+    def epochs(self, records: List[Dict[str, Any]]) -> None:
+        self.steps = records
+
+    def __repr__(self) -> str:
+        return (f"DistillHistory(steps=<{len(self.steps)} records>, monitor={self.monitor!r}, "
+                f"best_epoch={self.best_epoch}, best_value={self.best_value}, stopped_early={self.stopped_early})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DistillHistory):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
 
     def to_dict(self) -> Dict[str, Any]:
-        out = super().to_dict()
-        out["validations"] = [dict(v) for v in self.validations]
-        return out
+        """Plain data: ``steps`` (records), ``monitor``, ``best_epoch``, ``best_value``, ``stopped_early``,
+        ``validations``."""
+        return {"steps": [dict(r) for r in self.steps], "monitor": self.monitor, "best_epoch": self.best_epoch,
+                "best_value": self.best_value, "stopped_early": self.stopped_early,
+                "validations": [dict(v) for v in self.validations]}
 
 
 def _check_int(value: object, name: str, minimum: int) -> int:
@@ -64,17 +86,17 @@ def _check_int(value: object, name: str, minimum: int) -> int:
     return value
 
 
-def _cycle(data: Iterable[Any]) -> Iterator[Tuple[int, Any]]:
-    """``(index in pass, batch)`` over ``data``, re-iterated pass after pass."""
+def _cycle(data: Iterable[Any]) -> Iterator[Any]:
+    """The batches of ``data``, re-iterated pass after pass."""
     if isinstance(data, (Tensor, str, bytes)) or isinstance(data, dict):
         raise TypeError(f"data must be an iterable of batches (a list, a DataLoader), not a {type(data).__name__}; "
                         "wrap a single batch as [batch]")
     passes = 0
     while True:
         n = 0
-        for i, batch in enumerate(data):
+        for batch in data:
             n += 1
-            yield i, batch
+            yield batch
         if n == 0:
             extra = (f" on pass {passes + 1}: an iterator or generator can be used only once - pass a list or a "
                      "DataLoader" if passes else "")
@@ -134,11 +156,11 @@ class _Loop:
             names.append(name)
         return names
 
-    def micro_step(self, index: int, batch: Any, step: int) -> Tuple[Tensor, List[float]]:
+    def micro_step(self, batch: Any, step: int) -> Tuple[Tensor, List[float]]:
         """Forward both models on one batch and return (weighted total, unweighted term values)."""
         batch = move_batch(batch, self.device)
         inputs, labels = split_labels(batch, self.labels)
-        t_out, t_hidden = self.teacher(index, inputs)
+        t_out, t_hidden = self.teacher(inputs)
         amp = torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype) \
             if self.autocast_dtype is not None else contextlib.nullcontext()
         with amp:
@@ -165,17 +187,17 @@ class _Loop:
             self.optimizer.add_param_group(dict(group, params=new))
             self.extra.extend(new)
 
-    def optimizer_step(self, step: int, batches: Iterator[Tuple[int, Any]]) -> Dict[str, Any]:
+    def optimizer_step(self, step: int, batches: Iterator[Any]) -> Dict[str, Any]:
         """One optimizer step over ``accumulate`` batches; returns the step's record."""
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         total_loss, term_sums = 0.0, [0.0] * len(self.terms)
         ddp = isinstance(self.student, nn.parallel.DistributedDataParallel)
         for micro in range(self.accumulate):
-            index, batch = next(batches)
+            batch = next(batches)
             sync = contextlib.nullcontext() if not ddp or micro == self.accumulate - 1 else self.student.no_sync()
             with sync:
-                total, floats = self.micro_step(index, batch, step)
+                total, floats = self.micro_step(batch, step)
                 if step == 1 and micro == 0:
                     self.add_new_parameters()
                 (total / self.accumulate).backward()
@@ -300,7 +322,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any], *, step
             created by terms on the first batch (projections) are added as a new group.
         accumulate: batches per optimizer step (their losses are averaged).
         autocast: True (bfloat16) or a dtype: both forward passes run under ``torch.autocast``.
-        cache_teacher: reuse the teacher's outputs from the first pass (fixed data, same order).
+        cache_teacher: keep the teacher's outputs by batch fingerprint (shapes, dtypes, a hash of the
+            tensors' bytes) and reuse them when the same batch comes again, in any order; a batch
+            not seen before is computed. Worth it for a fixed list of batches passed many times.
         validate: ``validate(student) -> number``, called in eval mode without gradients every
             ``every`` steps (default ``max(1, steps // 10)``) and after the last step; higher is
             better with ``mode="max"``. Stops after ``patience`` validations without improvement;
@@ -380,7 +404,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any], *, step
                     value = stopper(step, step == steps, student, pruner, history)
                     if value is not None:
                         rec["val"] = value
-                history.epochs.append(rec)
+                history.steps.append(rec)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.4g}", sparsity=f"{rec['sparsity']:.3f}")

@@ -11,6 +11,15 @@ tensor, matched by position / dict key, nested), an int or str (one item of a
 tuple or dict, e.g. ``"logits"`` or ``"sentence_embedding"``), a tuple of them
 (a path into nested outputs, e.g. ``("hidden_states", -1)``) or a callable
 ``outputs -> tensor``.
+
+Padding: when the batch holds an ``attention_mask`` (a dict batch, Hugging Face style,
+or a tuple holding such a dict, sentence-transformers style) of shape ``(batch, seq)``,
+:class:`MSE`, :class:`Cosine` and :class:`~sparsekit.distill.Hidden` average token
+outputs - tensors of 3 or more dims whose first two dims are ``(batch, seq)`` - over
+the real tokens only (mask != 0); padded positions neither add to the loss nor dilute
+it. Outputs of other shapes (pooled ``(batch, dim)`` embeddings, logits of a
+classifier) are averaged over all their entries, as without a mask. :class:`KL`
+does not look at the mask.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from torch import Tensor, nn
 from .inputs import LabelKey
 
 __all__ = ["Pair", "Term", "MSE", "Cosine", "KL", "Task", "Key", "output_leaves", "select_output",
-           "matched_outputs", "as_terms"]
+           "matched_outputs", "as_terms", "attention_mask_of", "token_mean", "cosine_distance"]
 
 Key = Union[None, int, str, Tuple[Union[int, str], ...], Callable[[Any], Tensor]]
 Path = Tuple[Union[int, str], ...]
@@ -75,6 +84,51 @@ def output_leaves(out: Any, path: Path = ()) -> List[Tuple[Path, Tensor]]:
     if isinstance(out, (tuple, list)):
         return [leaf for i, v in enumerate(out) for leaf in output_leaves(v, path + (i,))]
     return []
+
+
+def attention_mask_of(batch: Any) -> Optional[Tensor]:
+    """The ``attention_mask`` of a batch: a dict's entry, or that of the first dict inside a tuple/list.
+
+    Returns None when there is none, or when it is not a 2-D ``(batch, seq)`` tensor.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.distill import attention_mask_of
+        >>> mask = torch.tensor([[1, 1, 0]])
+        >>> attention_mask_of(({"input_ids": mask, "attention_mask": mask},)).tolist(), attention_mask_of(mask)
+        ([[1, 1, 0]], None)
+    """
+    if isinstance(batch, Mapping):
+        found = batch.get("attention_mask")
+        return found if isinstance(found, Tensor) and found.dim() == 2 else None
+    if isinstance(batch, (tuple, list)):
+        for item in batch:
+            if isinstance(item, Mapping):
+                found = attention_mask_of(item)
+                if found is not None:
+                    return found
+    return None
+
+
+def token_mean(values: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Mean of ``values`` over the real tokens of ``mask`` (``(batch, seq)``, nonzero = real token).
+
+    ``values`` counts as token-shaped when it has at least 3 dims and starts with the
+    mask's shape; each real token then contributes all its trailing entries. Anything
+    else (or ``mask=None``) is the plain mean. A batch without any real token gives 0.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.distill import token_mean
+        >>> err = torch.tensor([[[1.0, 1.0], [9.0, 9.0]]])  # (1 sentence, 2 tokens, 2 features)
+        >>> token_mean(err, torch.tensor([[1, 0]])).item(), token_mean(err, None).item()
+        (1.0, 5.0)
+    """
+    if mask is None or values.dim() < 3 or tuple(values.shape[:2]) != tuple(mask.shape):
+        return values.mean()
+    keep = (mask != 0).to(values.dtype).reshape(*mask.shape, *([1] * (values.dim() - 2)))
+    per_token = values[0, 0].numel()
+    return (values * keep).sum() / (keep.sum() * per_token).clamp_min(1.0)
 
 
 def _describe(key: Key) -> str:
@@ -189,6 +243,9 @@ class Term:
 class MSE(Term):
     """Mean squared error between student and teacher outputs (mean over the selected outputs).
 
+    Token outputs of a batch with an ``attention_mask`` are averaged over real tokens
+    only (see the module notes on padding).
+
     Example:
         >>> import torch
         >>> from sparsekit.distill import MSE, Pair
@@ -203,12 +260,16 @@ class MSE(Term):
         self.name = "mse" if key is None else f"mse[{_describe(key)}]"
 
     def __call__(self, pair: Pair) -> Tensor:
-        terms = [F.mse_loss(s.float(), t.float()) for _, s, t in matched_outputs(pair, self.key)]
+        mask = attention_mask_of(pair.batch)
+        terms = [token_mean((s.float() - t.float()).pow(2), mask) for _, s, t in matched_outputs(pair, self.key)]
         return torch.stack(terms).mean()
 
 
 class Cosine(Term):
     """``1 - cosine similarity`` along the last dimension, averaged over rows and selected outputs.
+
+    Token outputs of a batch with an ``attention_mask`` are averaged over real tokens
+    only (see the module notes on padding).
 
     Example:
         >>> import torch
@@ -223,9 +284,24 @@ class Cosine(Term):
         self.name = "cosine" if key is None else f"cosine[{_describe(key)}]"
 
     def __call__(self, pair: Pair) -> Tensor:
-        terms = [(1 - F.cosine_similarity(s.float(), t.float(), dim=-1)).mean()
-                 for _, s, t in matched_outputs(pair, self.key)]
+        mask = attention_mask_of(pair.batch)
+        terms = [cosine_distance(s, t, mask) for _, s, t in matched_outputs(pair, self.key)]
         return torch.stack(terms).mean()
+
+
+def cosine_distance(s: Tensor, t: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Mean ``1 - cosine(s, t)`` along the last dim; for ``(batch, seq, dim)`` tensors over the real tokens of ``mask``.
+
+    Example:
+        >>> import torch
+        >>> from sparsekit.distill import cosine_distance
+        >>> s = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+        >>> t = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # the second token differs (a pad)
+        >>> cosine_distance(s, t).item(), cosine_distance(s, t, torch.tensor([[1, 0]])).item()
+        (0.5, 0.0)
+    """
+    dist = 1 - F.cosine_similarity(s.float(), t.float(), dim=-1)
+    return token_mean(dist.unsqueeze(-1), mask) if s.dim() >= 3 else dist.mean()
 
 
 class KL(Term):
