@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import textwrap
-
 import torch
 
-_SCRIPT = textwrap.dedent('''
-    import multiprocessing as mp, os, sys
-
-    def worker(rank, world, port, out):
-        import torch, torch.distributed as dist  # imported in the ranks only: the launcher stays light
-        os.environ["MASTER_ADDR"] = "127.0.0.1"; os.environ["MASTER_PORT"] = str(port)
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        train(rank, out)
-        dist.barrier()
-        dist.destroy_process_group()
-        # Results are saved and the group is gone: skip the interpreter's teardown, where
-        # gloo's threads can abort an otherwise finished process.
-        sys.stdout.flush(); sys.stderr.flush()
-        os._exit(0)
-
+_TRAIN = '''
     def train(rank, out):
+        import os
         import torch
         from torch import nn
         import sparsekit
@@ -44,27 +24,11 @@ _SCRIPT = textwrap.dedent('''
                                  progress=False)
         torch.save({"masks": pruner.masks, "state": model.state_dict(), "loss": hist["loss"],
                     "proj": loss[1].projection.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
-
-    if __name__ == "__main__":
-        port, out = int(sys.argv[1]), sys.argv[2]
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=worker, args=(r, 2, port, out)) for r in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(100)
-        sys.exit(max(abs(p.exitcode if p.exitcode is not None else 99) for p in procs))
-''')
+'''
 
 
-def test_ddp_student_two_gloo_ranks(tmp_path):
-    script = tmp_path / "ddp_distill.py"
-    script.write_text(_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, str(script), str(port), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+def test_ddp_student_two_gloo_ranks(tmp_path, run_gloo_script):
+    proc = run_gloo_script(_TRAIN, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert sorted(r0["masks"]) == ["0.weight", "2.weight"]

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import socket
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -249,25 +244,13 @@ def test_taylor_pruner_accumulates_from_training():
     assert all(int((~m).sum()) == m.numel() // 2 for m in pruner.masks.values())
 
 
-_DDP_SCRIPT = textwrap.dedent('''
-    import multiprocessing as mp, os, sys
-
-    def worker(rank, world, port, out):
-        import torch, torch.distributed as dist  # imported in the ranks only: the launcher stays light
-        os.environ["MASTER_ADDR"] = "127.0.0.1"; os.environ["MASTER_PORT"] = str(port)
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+_DDP_TRAIN = '''
+    def train(rank, out):
         for sync in (True, False):
-            train(rank, out, sync)
-        dist.barrier()
-        dist.destroy_process_group()
-        # The results are saved and the group is gone. Skip the interpreter's teardown:
-        # gloo's threads aborted it once in about ten local runs of the suite ("terminate
-        # called without an active exception", exit code -6), after the work was done.
-        sys.stdout.flush(); sys.stderr.flush()
-        os._exit(0)
+            train_one(rank, out, sync)
 
-    def train(rank, out, sync):
+    def train_one(rank, out, sync):
+        import os
         import torch
         from torch import nn
         from sparsekit.prune import Pruner, PolynomialDecay
@@ -285,28 +268,12 @@ _DDP_SCRIPT = textwrap.dedent('''
             opt.step()
             pruner.step()
         torch.save({"masks": pruner.masks, "state": model.state_dict()}, os.path.join(out, f"rank{rank}_{int(sync)}.pt"))
-
-    if __name__ == "__main__":
-        port, out = int(sys.argv[1]), sys.argv[2]
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=worker, args=(r, 2, port, out)) for r in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(100)
-        sys.exit(max(abs(p.exitcode if p.exitcode is not None else 99) for p in procs))
-''')
+'''
 
 
-def test_ddp_gloo_two_processes_identical_masks(tmp_path):
+def test_ddp_gloo_two_processes_identical_masks(tmp_path, run_gloo_script):
     """Two ranks, different init and data; with and without the mask broadcast."""
-    script = tmp_path / "ddp_prune.py"
-    script.write_text(_DDP_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, str(script), str(port), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    proc = run_gloo_script(_DDP_TRAIN, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for sync in (0, 1):
         _check_ranks(torch.load(tmp_path / f"rank0_{sync}.pt"), torch.load(tmp_path / f"rank1_{sync}.pt"))
