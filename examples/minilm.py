@@ -162,10 +162,10 @@ def run(args: argparse.Namespace, sentences: Sequence[str]) -> dict:
             row[f"cos_{name}_vs_masked_min"] = float(cos.min())
         cos0 = cosines(emb_masked, ref)
         row["cos_masked_vs_dense_mean"], row["cos_masked_vs_dense_min"] = float(cos0.mean()), float(cos0.min())
-        s = interleaved({"dense": lambda: encode(dense, sentences), "masked": lambda: encode(masked, sentences),
-                         "csr": lambda: encode(csr, sentences), "auto": lambda: encode(auto, sentences)},
-                        rounds=args.rounds, warmup=3)
-        t = {k: {"min_ms": min(v) * 1e3, "median_ms": statistics.median(v) * 1e3} for k, v in s.items()}
+        samples = interleaved({"dense": lambda: encode(dense, sentences), "masked": lambda: encode(masked, sentences),
+                               "csr": lambda: encode(csr, sentences), "auto": lambda: encode(auto, sentences)},
+                              rounds=args.rounds, warmup=3)
+        t = {k: {"min_ms": min(v) * 1e3, "median_ms": statistics.median(v) * 1e3} for k, v in samples.items()}
         row["encode_ms"] = t
         with tempfile.TemporaryDirectory() as tmp:
             dp, sp = os.path.join(tmp, "dense.safetensors"), os.path.join(tmp, "csr.safetensors")
