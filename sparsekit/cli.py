@@ -27,7 +27,7 @@ from typing import Any, Callable, List, Optional
 
 from sparsekit import cli_help
 from sparsekit.model_files import (CLIError, UsageError, check_input, check_output, copy_shadow_weights, file_kind,
-                                   load_model, one_line, save_model, shadow_of_script)
+                                   load_inputs, load_model, one_line, save_model, shadow_of_script)
 
 __all__ = ["main", "build_parser", "CLIError", "UsageError"]
 
@@ -61,6 +61,13 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -195,15 +202,73 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.run_cli(quick=args.quick, seed=args.seed, progress=not args.no_progress, threads=threads)
 
 
+CALIBRATED = ("wanda", "sparsegpt")
+
+
+def _check_prune_options(args: argparse.Namespace, kind: str) -> None:
+    """Option combinations ``sparsekit prune`` refuses, as one-line usage errors, before any work."""
+    python_only = "give a safetensors state_dict and --factory that builds the Python model"
+    if args.distill and kind == "torchscript":
+        raise UsageError(f"{args.model} is TorchScript: --distill trains the model, so {python_only}")
+    if args.method in CALIBRATED and kind == "torchscript":
+        raise UsageError(f"{args.model} is TorchScript: --method {args.method} runs the model on calibration "
+                         f"inputs layer by layer, so {python_only}")
+    if args.distill and args.data is None:
+        raise UsageError("--distill needs --data: sentences (a text file) or input tensors (a .pt file)")
+    if args.method in CALIBRATED and args.calibration is None and args.data is None:
+        raise UsageError(f"--method {args.method} needs calibration inputs: --calibration FILE (or --data FILE)")
+    if args.calibration is not None and args.method not in CALIBRATED:
+        raise UsageError(f"--calibration is read by --method wanda or sparsegpt, not {args.method}")
+    for option, value in (("--teacher", args.teacher), ("--one-shot", args.one_shot)):
+        if value and not args.distill:
+            raise UsageError(f"{option} applies with --distill STEPS only")
+
+
+def _prune_inputs(args: argparse.Namespace, model: Any) -> tuple:
+    """``(training batches or None, calibration batches or None)`` read from --data / --calibration."""
+    from sparsekit.distill.recipe import CALIBRATION_BATCHES
+
+    data = load_inputs(args.data, model, args.batch_size, "--data") if args.data is not None else None
+    calibration = None
+    if args.method in CALIBRATED:
+        calibration = (load_inputs(args.calibration, model, args.batch_size, "--calibration")
+                       if args.calibration is not None else data[:CALIBRATION_BATCHES])  # type: ignore[index]
+    return data, calibration
+
+
+def _distill(args: argparse.Namespace, model: Any, data: list, calibration: Any) -> str:
+    """Gradual pruning (or a one-shot start) with distillation, in place; returns the summary line."""
+    import time
+
+    from sparsekit.distill import prune_and_distill
+
+    teacher = None
+    if args.teacher is not None:
+        teacher = load_model(args.teacher, None if file_kind(args.teacher) == "torchscript" else args.factory,
+                             args.factory_kwargs).model.eval()
+    t0 = time.perf_counter()
+    _, history = prune_and_distill(model, data, steps=args.distill, sparsity=args.sparsity, teacher=teacher,
+                                   method="magnitude" if args.one_shot else args.method,
+                                   one_shot=args.method if args.one_shot else None, calibration=calibration,
+                                   granularity=args.granularity, scope=args.scope, exclude=args.exclude or None,
+                                   lr=args.lr, return_history=True, progress=sys.stderr.isatty())
+    model.eval()
+    loss = history["loss"]
+    start = "one-shot start, masks fixed" if args.one_shot else "gradual schedule"
+    return (f"distilled {len(loss)} steps ({start}) from {args.teacher or 'a dense copy of the input'} on "
+            f"{len(data)} batches of {args.data} in {(time.perf_counter() - t0) / 60:.1f} min: "
+            f"loss {loss[0]:.4g} -> {loss[-1]:.4g}")
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.factory, args.factory_kwargs)
     check_output(args.output, args.model)
+    _check_prune_options(args, loaded.kind)
     import torch
 
     import sparsekit
 
-    exclude = args.exclude or None
-    kwargs = dict(method=args.method, granularity=args.granularity, scope=args.scope, exclude=exclude,
+    kwargs = dict(method=args.method, granularity=args.granularity, scope=args.scope, exclude=args.exclude or None,
                   seed=args.seed)
     if loaded.kind == "torchscript":
         target, pairs = shadow_of_script(loaded.model)
@@ -211,14 +276,28 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             raise CLIError(f"{args.model}: no Linear or Conv layers with a weight found to prune")
     else:
         target, pairs = loaded.model, []
+    data, calibration = _prune_inputs(args, loaded.model)
+    summary = None
     try:
-        with torch.no_grad():
-            sparsekit.prune(target, args.sparsity, **kwargs)
+        if args.distill:
+            summary = _distill(args, target, data, calibration)  # type: ignore[arg-type]
+        else:
+            with torch.no_grad():
+                sparsekit.prune(target, args.sparsity, calibration=calibration, **kwargs)
     except (TypeError, ValueError) as exc:
         raise UsageError(one_line(exc)) from exc
+    except FloatingPointError as exc:
+        raise CLIError(one_line(exc)) from exc
     sparsekit.make_permanent(target)
     copy_shadow_weights(pairs)
     save_model(loaded, args.output)
+    _print_prune_report(args, target, loaded.kind, summary)
+    return EXIT_OK
+
+
+def _print_prune_report(args: argparse.Namespace, target: Any, kind: str, summary: Optional[str]) -> None:
+    import sparsekit
+
     report_kwargs: dict = {}
     if isinstance(args.granularity, tuple):
         report_kwargs["block"] = args.granularity
@@ -229,9 +308,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     total = report.total
     print(f"\npruned {total['numel'] - total['nnz']:,} of {total['numel']:,} weights "
           f"({total['sparsity']:.2%}) with method={args.method}, granularity={_show(args.granularity)}, "
-          f"scope={args.scope}; wrote {args.output} ({loaded.kind}, "
+          f"scope={args.scope}; wrote {args.output} ({kind}, "
           f"{_human_bytes(os.path.getsize(args.output))})")
-    return EXIT_OK
+    if summary:
+        print(summary)
 
 
 def _show(value: Any) -> str:
@@ -315,22 +395,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("prune", help="one-shot prune a saved model",
-                       description="Prune a saved model once (magnitude, random or L1/L2-norm criterion), "
-                                   "write the pruned model and print the sparsity report.",
+    p = sub.add_parser("prune", help="prune a saved model (one shot, or gradually with distillation)",
+                       description="Prune a saved model - once (magnitude, random, L1/L2 norm, or the "
+                                   "calibration-aware wanda / sparsegpt), or gradually while distilling it from "
+                                   "its dense self (--distill) - write the pruned model and print the sparsity "
+                                   "report.",
                        epilog=cli_help.PRUNE_EPILOG, formatter_class=fmt)
     _add_model_args(p)
     p.add_argument("--sparsity", type=_sparsity, required=True, metavar="S",
                    help="fraction of weights (or blocks, channels) to remove, in [0, 1)")
     p.add_argument("--granularity", type=_granularity, default="unstructured",
                    help="unstructured (default), channels, inputs, a block RxC (4x1) or N:M (2:4)")
-    p.add_argument("--method", choices=["magnitude", "random", "l1", "l2"], default="magnitude",
-                   help="importance criterion (default magnitude; l1/l2: norm of each row, block or group)")
+    p.add_argument("--method", choices=["magnitude", "random", "l1", "l2", *CALIBRATED], default="magnitude",
+                   help="importance criterion (default magnitude; l1/l2: norm of each row, block or group; "
+                        "wanda, sparsegpt: from the layer inputs on calibration data)")
     p.add_argument("--scope", choices=["layer", "global"], default="layer",
                    help="each layer to the target (default) or one ranking across layers")
     p.add_argument("--exclude", action="append", metavar="PATTERN",
                    help="layer name pattern to leave dense (fnmatch; repeatable)")
     p.add_argument("--seed", type=_positive_int, default=0, help="seed of --method random (default 0)")
+    g = p.add_argument_group("calibration and distillation (safetensors models with --factory)")
+    g.add_argument("--data", metavar="FILE",
+                   help="inputs: a text file, one sentence per line (models that tokenize, such as "
+                        "sentence-transformers), or a .pt file (torch.save) of a tensor, a dict of tensors or a "
+                        "list of batches")
+    g.add_argument("--calibration", metavar="FILE",
+                   help="calibration inputs of --method wanda / sparsegpt, same formats as --data "
+                        "(default: the first 8 batches of --data)")
+    g.add_argument("--distill", type=_positive_int, default=0, metavar="STEPS",
+                   help="prune gradually over STEPS optimizer steps while distilling from the teacher on --data")
+    g.add_argument("--teacher", metavar="FILE",
+                   help="dense reference for --distill (TorchScript, or safetensors for the same --factory); "
+                        "default: a dense copy of MODEL")
+    g.add_argument("--one-shot", action="store_true",
+                   help="with --distill: prune once with --method, then distil with those masks fixed")
+    g.add_argument("--lr", type=float, default=5e-5, metavar="LR", help="learning rate of --distill (default 5e-5)")
+    g.add_argument("--batch-size", type=_batch_size, default=16, metavar="N",
+                   help="rows per batch cut from --data / --calibration (default 16)")
     p.set_defaults(func=_cmd_prune)
 
     p = sub.add_parser("convert", help="convert a pruned model to sparsekit's sparse format",

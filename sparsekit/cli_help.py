@@ -53,11 +53,27 @@ PRUNE_EPILOG = MODEL_HELP + """
 
 The output has the same format as the input, with the pruned weights set to zero.
 
+With --distill STEPS the model is pruned gradually (cubic schedule over the first
+two thirds of the steps, then held) while it is trained to reproduce its teacher -
+by default a dense copy of MODEL itself - on --data (sparsekit.distill.prune_and_distill).
+--one-shot prunes once with --method first and then trains with those masks fixed.
+--method wanda / sparsegpt run the model on calibration inputs (--calibration, else
+the first 8 batches of --data). Training and calibration need the Python model
+(safetensors + --factory), not TorchScript. --data is a .pt file (torch.save) of a
+tensor or dict of tensors (cut into --batch-size rows) or a list of batches, or a text
+file of sentences for a model that tokenizes (sentence-transformers).
+
 examples:
   sparsekit prune model.pt -o pruned.pt --sparsity 0.9
   sparsekit prune weights.safetensors -o pruned.safetensors --sparsity 0.8 \\
       --factory mypkg.models:build_mlp --granularity 4x1
   sparsekit prune model.pt -o pruned.pt --sparsity 0.5 --granularity 2:4 --exclude 'classifier*'
+  sparsekit prune weights.safetensors -o pruned.safetensors --sparsity 0.5 \\
+      --factory mypkg.models:build_mlp --method wanda --calibration inputs.pt
+  sparsekit prune weights.safetensors -o pruned.safetensors --sparsity 0.8 \\
+      --factory mypkg.models:build_mlp --distill 2000 --data inputs.pt --lr 1e-4
+  sparsekit prune encoder.safetensors -o pruned.safetensors --sparsity 0.7 \\
+      --factory mypkg.models:sentence_encoder --method sparsegpt --distill 1000 --one-shot --data sentences.txt
 
 """ + EXIT_NOTE
 

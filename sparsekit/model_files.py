@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 __all__ = [
     "CLIError", "UsageError", "one_line", "LoadedModel", "torchscript_api", "check_input", "check_output",
     "file_kind", "resolve_factory", "load_model", "save_model", "save_state_dict", "shadow_of_script",
-    "copy_shadow_weights",
+    "copy_shadow_weights", "takes_text", "load_inputs",
 ]
 
 
@@ -402,3 +402,94 @@ def copy_shadow_weights(pairs: Sequence[Tuple[Any, Any]]) -> None:
     with torch.no_grad():
         for script_layer, layer in pairs:
             script_layer.weight.copy_(layer.weight)
+
+
+def takes_text(model: Any) -> bool:
+    """Whether ``model`` tokenizes text itself (a sentence-transformers model: ``.preprocess`` / ``.tokenize``).
+
+    Example:
+        >>> import torch
+        >>> takes_text(torch.nn.Linear(2, 2))
+        False
+    """
+    return callable(getattr(model, "preprocess", None)) or callable(getattr(model, "tokenize", None))
+
+
+def _read_sentences(path: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [ln.strip() for ln in fh]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read {path} as text: {one_line(exc)}") from exc
+    sentences = [ln for ln in lines if ln]
+    if not sentences:
+        raise UsageError(f"{path}: no sentences (one per line expected)")
+    return sentences
+
+
+def _split_rows(value: Any, batch_size: int, path: str) -> List[Any]:
+    """A tensor, or a dict of tensors with one leading row count, cut into batches of ``batch_size`` rows."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            raise UsageError(f"{path}: a 0-d tensor is not a batch of inputs")
+        return list(value.split(batch_size))
+    rows = {int(v.shape[0]) for v in value.values() if isinstance(v, torch.Tensor) and v.dim() > 0}
+    if len(rows) != 1:
+        raise UsageError(f"{path}: a dict of inputs needs tensors with one common first dimension (rows), "
+                         f"got {sorted(rows)}")
+    n = rows.pop()
+    return [{k: (v[i:i + batch_size] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+             for k, v in value.items()} for i in range(0, n, batch_size)]
+
+
+def load_inputs(path: str, model: Any, batch_size: int = 16, option: str = "--data") -> List[Any]:
+    """Model inputs from ``path``, as a list of batches by the calling rule of :func:`sparsekit.distill`.
+
+    * ``.pt`` / ``.pth``: read with ``torch.load(weights_only=True)`` (no code runs). A tensor
+      or a dict of tensors (a tokenizer's output) is cut into batches of ``batch_size`` rows;
+      a list or tuple is taken as the batches themselves (tensors, tuples, dicts).
+    * anything else: a text file, one sentence per line, tokenized by ``model``'s own
+      tokenizer in batches of ``batch_size``; only a model that tokenizes
+      (:func:`takes_text`, e.g. sentence-transformers) can take text - any other model is
+      a :class:`UsageError` that says to pass a ``.pt`` file of input tensors instead.
+
+    Example:
+        >>> import torch
+        >>> torch.save(torch.zeros(40, 3), "inputs.pt")
+        >>> [tuple(b.shape) for b in load_inputs("inputs.pt", torch.nn.Linear(3, 1), batch_size=16)]
+        [(16, 3), (16, 3), (8, 3)]
+        >>> from pathlib import Path
+        >>> _ = Path("sentences.txt").write_text("A first sentence.\\nA second one.\\n")
+        >>> load_inputs("sentences.txt", torch.nn.Linear(3, 1))
+        Traceback (most recent call last):
+        ...
+        sparsekit.model_files.UsageError: --data sentences.txt is text, but the model (Linear) cannot take text: ...
+    """
+    check_input(path)
+    if path.endswith((".pt", ".pth")):
+        import torch
+
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CLIError(f"cannot load {option} {path} with torch.load(weights_only=True): "
+                           f"{one_line(exc)}") from exc
+        if isinstance(value, (torch.Tensor, dict)):
+            batches = _split_rows(value, batch_size, path)
+        elif isinstance(value, (list, tuple)):
+            batches = list(value)
+        else:
+            raise UsageError(f"{option} {path} holds a {type(value).__name__}; expected a tensor, a dict of "
+                             "tensors or a list of batches")
+        if not batches:
+            raise UsageError(f"{option} {path} holds no batches")
+        return batches
+    if not takes_text(model):
+        raise UsageError(f"{option} {path} is text, but the model ({type(model).__name__}) cannot take text: it "
+                         "has no tokenizer (sentence-transformers models do); give a .pt file of input tensors "
+                         "(torch.save) instead")
+    from sparsekit.distill import text_batches
+
+    return text_batches(_read_sentences(path), model, batch_size=batch_size)

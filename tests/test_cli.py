@@ -438,3 +438,146 @@ def test_bench_forwards_its_arguments(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "main", lambda argv=None, prog="": 3)
     assert main(["bench", "--quick"]) == 3
 
+
+
+# ----------------------------------------------------------------------------- prune: calibration, distillation
+@pytest.fixture
+def inputs_file(tmp_path) -> str:
+    path = str(tmp_path / "inputs.pt")
+    torch.save(torch.randn(48, 64, generator=torch.Generator().manual_seed(1)), path)
+    return path
+
+
+def _load_mlp(path: str) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    model = build_mlp(HIDDEN)
+    model.load_state_dict(load_file(path))
+    return model
+
+
+def test_prune_distill_from_tensor_inputs(state_file, inputs_file, tmp_path, mlp, capsys):
+    out = str(tmp_path / "distilled.safetensors")
+    rc = main(["prune", state_file, "-o", out, "--sparsity", "0.5", *FACTORY, "--distill", "6", "--data", inputs_file,
+               "--lr", "1e-3", "--batch-size", "16"])
+    assert rc == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "distilled 6 steps (gradual schedule) from a dense copy of the input on 3 batches" in text
+    model = _load_mlp(out)
+    assert weight_sparsity([model[i].weight for i in (0, 2, 4)]) == [0.5, 0.5, 0.5]
+    kept = model[2].weight != 0
+    assert not torch.equal(model[2].weight[kept], mlp[2].weight[kept])  # the kept weights were trained
+
+
+def test_prune_wanda_with_calibration_file(state_file, inputs_file, tmp_path, mlp, capsys):
+    out = str(tmp_path / "wanda.safetensors")
+    rc = main(["prune", state_file, "-o", out, "--sparsity", "0.5", *FACTORY, "--method", "wanda",
+               "--calibration", inputs_file])
+    assert rc == 0, capsys.readouterr().err
+    assert "method=wanda" in capsys.readouterr().out
+    expected = sparsekit.prune(mlp, 0.5, method="wanda", calibration=list(torch.load(inputs_file).split(16)))
+    model = _load_mlp(out)
+    for name, keep in expected.items():
+        assert torch.equal(model.get_parameter(name) != 0, keep), name
+
+
+def test_prune_sparsegpt_one_shot_start_with_a_torchscript_teacher(state_file, script_file, inputs_file, tmp_path,
+                                                                   capsys):
+    out = str(tmp_path / "sgpt.safetensors")
+    rc = main(["prune", state_file, "-o", out, "--sparsity", "0.5", "--granularity", "2:4", *FACTORY,
+               "--method", "sparsegpt", "--distill", "3", "--one-shot", "--data", inputs_file,
+               "--teacher", script_file])
+    assert rc == 0, capsys.readouterr().err
+    assert f"distilled 3 steps (one-shot start, masks fixed) from {script_file}" in capsys.readouterr().out
+    w = _load_mlp(out)[2].weight
+    assert bool(((w != 0).reshape(-1, 4).sum(1) <= 2).all())
+
+
+def test_prune_distill_on_sentences_for_a_model_that_tokenizes(tmp_path, monkeypatch, capsys):
+    (tmp_path / "text_models.py").write_text(textwrap.dedent("""
+        import torch
+        class Encoder(torch.nn.Module):
+            # sentence-transformers style: tokenize(texts) -> features; forward(features) -> features
+            def __init__(self):
+                super().__init__()
+                self.emb = torch.nn.Embedding(50, 16)
+                self.layer = torch.nn.Linear(16, 16)
+            def tokenize(self, texts):
+                rows = [[len(w) % 50 for w in t.split()][:8] for t in texts]
+                width = max(map(len, rows))
+                ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+                return {"input_ids": ids, "attention_mask": mask}
+            def forward(self, features):
+                tok = torch.tanh(self.layer(self.emb(features["input_ids"])))
+                return dict(features, token_embeddings=tok, sentence_embedding=tok.mean(1))
+        def encoder():
+            torch.manual_seed(0)
+            return Encoder()
+    """))
+    (tmp_path / "sentences.txt").write_text("\n".join(f"Sentence number {i} has a few words in it." for i in range(20)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    import importlib
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        save_file(importlib.import_module("text_models").encoder().state_dict(), "enc.safetensors")
+    finally:
+        sys.path.remove(str(tmp_path))
+    args = ["prune", "enc.safetensors", "-o", "p.safetensors", "--sparsity", "0.5", "--factory", "text_models:encoder",
+            "--data", "sentences.txt", "--batch-size", "8"]
+    assert main([*args, "--distill", "4"]) == 0, capsys.readouterr().err
+    assert "distilled 4 steps" in capsys.readouterr().out
+    assert main([*args, "--method", "wanda"]) == 0, capsys.readouterr().err  # calibration on the sentences
+    sys.modules.pop("text_models", None)
+    capsys.readouterr()
+
+
+def test_prune_text_data_for_a_model_without_tokenizer_is_usage_error(state_file, tmp_path, capsys):
+    (tmp_path / "s.txt").write_text("A sentence of words.\n")
+    rc = main(["prune", state_file, "-o", str(tmp_path / "o.safetensors"), "--sparsity", "0.5", *FACTORY,
+               "--distill", "2", "--data", str(tmp_path / "s.txt")])
+    assert rc == 2
+    assert_one_line_error(capsys.readouterr().err, "cannot take text", ".pt")
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--distill", "2"], "--distill needs --data"),
+    (["--method", "wanda"], "--calibration"),
+    (["--calibration", "INPUTS"], "wanda or sparsegpt"),
+    (["--teacher", "INPUTS"], "--distill STEPS only"),
+    (["--one-shot"], "--distill STEPS only"),
+    (["--distill", "2", "--data", "INPUTS", "--batch-size", "0"], "must be >= 1"),
+    (["--distill", "2", "--data", "NOFILE"], "no such file"),
+])
+def test_prune_distill_option_errors(extra, fragment, state_file, inputs_file, tmp_path, capsys):
+    extra = [inputs_file if a == "INPUTS" else str(tmp_path / "missing.pt") if a == "NOFILE" else a for a in extra]
+    rc = main(["prune", state_file, "-o", str(tmp_path / "o.safetensors"), "--sparsity", "0.5", *FACTORY, *extra])
+    assert rc == 2
+    assert_one_line_error(capsys.readouterr().err, fragment)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", None])
+def test_prune_torchscript_cannot_train_or_calibrate(method, script_file, inputs_file, tmp_path, capsys):
+    extra = ["--method", method, "--calibration", inputs_file] if method else ["--distill", "2", "--data", inputs_file]
+    rc = main(["prune", script_file, "-o", str(tmp_path / "o.pt"), "--sparsity", "0.5", *extra])
+    assert rc == 2
+    assert_one_line_error(capsys.readouterr().err, "TorchScript", "--factory")
+
+
+def test_prune_data_file_that_holds_no_inputs(state_file, tmp_path, capsys):
+    bad = str(tmp_path / "bad.pt")
+    torch.save({"a": torch.zeros(3, 64), "b": torch.zeros(4, 64)}, bad)
+    rc = main(["prune", state_file, "-o", str(tmp_path / "o.safetensors"), "--sparsity", "0.5", *FACTORY,
+               "--distill", "2", "--data", bad])
+    assert rc == 2
+    assert_one_line_error(capsys.readouterr().err, "common first dimension")
+
+
+def test_prune_distill_default_learning_rate_is_the_library_default():
+    from sparsekit.cli import build_parser
+    from sparsekit.distill import DEFAULT_LR
+
+    args = build_parser().parse_args(["prune", "m.pt", "-o", "o.pt", "--sparsity", "0.5"])
+    assert args.lr == DEFAULT_LR and args.distill == 0 and args.batch_size == 16

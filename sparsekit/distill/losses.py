@@ -95,7 +95,8 @@ def attention_mask_of(batch: Any) -> Optional[Tensor]:
         >>> import torch
         >>> from sparsekit.distill import attention_mask_of
         >>> mask = torch.tensor([[1, 1, 0]])
-        >>> attention_mask_of(({"input_ids": mask, "attention_mask": mask},)).tolist(), attention_mask_of(mask)
+        >>> batch = ({"input_ids": mask, "attention_mask": mask},)  # sentence-transformers style
+        >>> attention_mask_of(batch).tolist(), attention_mask_of(mask)
         ([[1, 1, 0]], None)
     """
     if isinstance(batch, Mapping):

@@ -87,16 +87,19 @@ def _as_batches(data: Iterable[Any], model: nn.Module, batch_size: int, tokenize
 
 def prune_and_distill(model: nn.Module, data: Iterable[Any], *, steps: int, sparsity: float = 0.8,
                       granularity: Union[str, Tuple[int, int]] = "unstructured", method: Any = "magnitude",
-                      one_shot: Any = None, calibration: Optional[Iterable[Any]] = None,
-                      loss: Union[None, Term, Sequence[Term]] = None, lr: float = DEFAULT_LR,
+                      scope: str = "layer", one_shot: Any = None, calibration: Optional[Iterable[Any]] = None,
+                      teacher: Optional[nn.Module] = None, loss: Union[None, Term, Sequence[Term]] = None,
+                      lr: float = DEFAULT_LR,
                       prune_fraction: float = 2 / 3, frequency: Optional[int] = None, include: Any = None,
                       exclude: Any = None, batch_size: int = 16, tokenizer: Optional[Callable[..., Any]] = None,
                       max_length: int = 128, return_history: bool = False,
                       **distill_kwargs: Any) -> Union[nn.Module, Tuple[nn.Module, DistillHistory]]:
     """Prune ``model`` to ``sparsity`` while distilling it from its own dense copy; in place.
 
-    1. ``teacher = copy.deepcopy(model)`` (the dense model, in eval mode).
-    2. Gradual (default): a :class:`sparsekit.Pruner` (``method``, ``granularity``,
+    1. ``teacher = copy.deepcopy(model)`` (the dense model, in eval mode), unless a
+       ``teacher`` is given (for example the dense model as TorchScript, or a larger model
+       with outputs of the same shapes).
+    2. Gradual (default): a :class:`sparsekit.Pruner` (``method``, ``granularity``, ``scope``,
        ``include``/``exclude``) with :func:`pruning_schedule`: cubic rise from 0 to
        ``sparsity`` over the first ``prune_fraction`` of the steps (from step 1 for
        gradient criteria such as ``"movement"`` and ``"taylor"``, which need one backward
@@ -143,15 +146,17 @@ def prune_and_distill(model: nn.Module, data: Iterable[Any], *, steps: int, spar
     """
     batches = _as_batches(data, model, batch_size, tokenizer, max_length)
     was_training = model.training
-    teacher = copy.deepcopy(model).eval()
+    dense = copy.deepcopy(model)  # the teacher, and what a failure restores
+    if teacher is None:
+        teacher = dense.eval()
     masks_before = [(m, pn, mask.clone()) for _, m, pn, mask in named_masks(model)]
     try:
         history = _prune_and_train(model, teacher, batches, steps=steps, sparsity=sparsity, granularity=granularity,
-                                   method=method, one_shot=one_shot, calibration=calibration, loss=loss, lr=lr,
-                                   prune_fraction=prune_fraction, frequency=frequency, include=include,
+                                   method=method, scope=scope, one_shot=one_shot, calibration=calibration, loss=loss,
+                                   lr=lr, prune_fraction=prune_fraction, frequency=frequency, include=include,
                                    exclude=exclude, distill_kwargs=distill_kwargs)
     except BaseException:
-        _restore(model, teacher, masks_before)
+        _restore(model, dense, masks_before)
         raise
     finally:
         model.train(was_training)
@@ -170,7 +175,7 @@ def _restore(model: nn.Module, dense: nn.Module, masks: List[Tuple[nn.Module, st
 
 
 def _prune_and_train(model: nn.Module, teacher: nn.Module, batches: Iterable[Any], *, steps: int, sparsity: float,
-                     granularity: Any, method: Any, one_shot: Any, calibration: Optional[Iterable[Any]],
+                     granularity: Any, method: Any, scope: str, one_shot: Any, calibration: Optional[Iterable[Any]],
                      loss: Any, lr: float, prune_fraction: float, frequency: Optional[int], include: Any,
                      exclude: Any, distill_kwargs: dict) -> DistillHistory:
     """Steps 2 and 3 of :func:`prune_and_distill` (masks attached, weights trained; nothing undone here)."""
@@ -183,13 +188,13 @@ def _prune_and_train(model: nn.Module, teacher: nn.Module, batches: Iterable[Any
     pruner = None
     if one_shot is not None:
         model.eval()  # calibration statistics without dropout
-        prune(model, sparsity, method=one_shot, granularity=granularity, include=include, exclude=exclude,
-              calibration=calib)
+        prune(model, sparsity, method=one_shot, granularity=granularity, scope=scope, include=include,
+              exclude=exclude, calibration=calib)
     else:
         begin = 1 if _needs_gradients(method) else 0
         schedule = pruning_schedule(sparsity, steps, prune_fraction=prune_fraction, frequency=frequency,
                                     begin_step=begin)
-        pruner = Pruner(model, schedule, method=method, granularity=granularity, include=include, exclude=exclude,
-                        calibration=calib)
+        pruner = Pruner(model, schedule, method=method, granularity=granularity, scope=scope, include=include,
+                        exclude=exclude, calibration=calib)
     model.train()
     return distill(model, teacher, batches, steps=steps, pruner=pruner, loss=loss, lr=lr, **distill_kwargs)
