@@ -3,17 +3,19 @@
 Run ``python -m sparsekit.bench --quick --out bench-out`` (or ``sparsekit bench``). It
 writes, under ``--out``:
 
-* ``report.md``: machine, a table of medians and speedups for every grid point,
-  break-even sparsities, bandwidth at batch 1 against a streaming read of the same
-  bytes, memory;
+* ``report.md``: machine, a table of medians and speedups for every grid point (batch 1
+  twice: weights hot in cache and evicted, labelled ``cache: hot|cold``), break-even
+  sparsities, bandwidth at batch 1 against a streaming read of the same bytes, memory;
 * ``results.json``: every measurement;
 * ``bench_speedup.png``, ``bench_bandwidth.png``, ``bench_gflops.png``.
 
 The parts, one job each:
 
 * :mod:`~sparsekit.bench.cases`: grid points, their weights, the contenders;
-* :mod:`~sparsekit.bench.measure`: timing on :func:`sparsekit.timing.interleaved`,
-  quiet-machine waits, the streaming-read reference, resident bytes of a model;
+* :mod:`~sparsekit.bench.measure`: timing on :func:`sparsekit.timing.interleaved`, hot
+  or cold, quiet-machine waits, the streaming-read reference, resident bytes of a model;
+* :mod:`~sparsekit.bench.cache`: the two cache states, and how cold is made (the caches
+  evicted by streaming a buffer of twice the last-level cache read from the machine);
 * :mod:`~sparsekit.bench.sections`: what the report measures, section by section;
 * :mod:`~sparsekit.bench.rss`: the peak-RSS probe, run in fresh interpreters by
   :func:`peak_rss` (``python -m sparsekit.bench.rss``);
@@ -21,7 +23,7 @@ The parts, one job each:
 * :mod:`~sparsekit.bench.command`: the options and :func:`main`.
 
 The pytest-benchmark suite and the acceptance floors in ``benchmarks/`` use the same
-weights and contenders (:func:`contenders`).
+weights and contenders (:func:`contenders`) and the same eviction (:func:`cold_setup`).
 
 Example:
     >>> from sparsekit import bench
@@ -29,6 +31,17 @@ Example:
     '4096x4096-b1-s0.9'
 """
 
+from sparsekit.bench.cache import (
+    CACHE_STATES,
+    EVICT_FACTOR,
+    EVICT_MAX_BYTES,
+    Evictor,
+    cache_of,
+    cold_setup,
+    cold_setup_for,
+    evictor,
+    last_level_cache,
+)
 from sparsekit.bench.command import Plan, build_parser, main, measure_all, plan, write_outputs
 from sparsekit.bench.cases import (
     BASELINES,
@@ -40,6 +53,7 @@ from sparsekit.bench.cases import (
     QUICK_SHAPES,
     QUICK_SPARSITIES,
     Case,
+    TWIN_ROWS,
     Contender,
     contenders,
     dense_weight,
@@ -48,6 +62,7 @@ from sparsekit.bench.cases import (
     sparse_weight,
 )
 from sparsekit.bench.measure import (
+    COLD_ROUNDS,
     LOAD,
     LoadPolicy,
     cpu_busy,
@@ -58,9 +73,8 @@ from sparsekit.bench.measure import (
     wait_quiet,
 )
 from sparsekit.bench.plots import bandwidth_plot, gflops_plot, plots, speedup_plot
-from sparsekit.bench.report import NOTES, markdown_table, render, summary_table
+from sparsekit.bench.report import NOTES, cache_note, markdown_table, render, summary_table
 from sparsekit.bench.sections import (
-    COLD_BYTES,
     PEAK_RSS_SHAPE,
     PEAK_RSS_SPARSITY,
     bandwidth,
@@ -88,17 +102,28 @@ __all__ = [
     "kernel_bytes",
     "Contender",
     "contenders",
+    "TWIN_ROWS",
+    # cache states
+    "CACHE_STATES",
+    "EVICT_FACTOR",
+    "EVICT_MAX_BYTES",
+    "last_level_cache",
+    "Evictor",
+    "evictor",
+    "cold_setup",
+    "cold_setup_for",
+    "cache_of",
     # measuring
     "LoadPolicy",
     "LOAD",
     "cpu_busy",
     "wait_quiet",
+    "COLD_ROUNDS",
     "measure",
     "interleaved_times",
     "stream_fn",
     "resident_bytes",
     # the report's sections
-    "COLD_BYTES",
     "PEAK_RSS_SHAPE",
     "PEAK_RSS_SPARSITY",
     "machine_info",
@@ -109,6 +134,7 @@ __all__ = [
     "peak_rss",
     # rendering
     "NOTES",
+    "cache_note",
     "markdown_table",
     "summary_table",
     "render",

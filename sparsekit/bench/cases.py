@@ -22,6 +22,10 @@ import torch
 import sparsekit
 from sparsekit.formats import SparseMatrix
 
+# Rows of the small layer whose call, after the caches were evicted, warms a contender's
+# code (interpreter, library, dispatch) without bringing the measured layer's weights back.
+TWIN_ROWS = 64
+
 # sparsekit's formats on the grid, by name: the block shape (rows, columns) of each.
 FORMATS: Dict[str, Tuple[int, int]] = {"csr": (1, 1), "4x1": (4, 1), "1x4": (1, 4), "8x1": (8, 1)}
 # What a user would run instead of sparsekit, timed beside it.
@@ -125,12 +129,18 @@ def kernel_bytes(m: SparseMatrix, batch: int) -> int:
 @dataclasses.dataclass
 class Contender:
     """One way of computing ``x @ w.T`` for a grid point: the call to time, its check,
-    and facts about it for the report (format, bytes, flops)."""
+    facts about it for the report (format, bytes, flops), and what a cold measurement
+    (:func:`sparsekit.bench.cold_setup_for`) brings back into cache after evicting it:
+    ``activations`` (the arrays the call reads and writes besides the weights) and
+    ``warm_code`` (the same call on a small layer of :data:`TWIN_ROWS` rows, which runs
+    the same code without touching this layer's weights; ``None`` for a layer that small)."""
 
     name: str
     run: Callable[[], object]
     check: Callable[[], None]  # raises AssertionError when the result is wrong
     info: dict
+    activations: Tuple[object, ...] = ()
+    warm_code: Optional[Callable[[], object]] = None
 
 
 def _assert_close(got, ref: np.ndarray, name: str) -> None:
@@ -170,6 +180,12 @@ def contenders(case: Case, formats: Sequence[str] = tuple(FORMATS), baselines: S
     for name in BASELINES:
         if name in baselines:
             out[name] = builders[name](case, w, x_np, reference)
+    if case.shape[0] > TWIN_ROWS:
+        twin_case = Case((TWIN_ROWS, case.shape[1]), case.batch, case.sparsity)
+        twins = functools.lru_cache(maxsize=None)(  # built at the first cold call only
+            lambda: contenders(twin_case, formats, baselines, threads, seed))
+        for name, c in out.items():
+            c.warm_code = functools.partial(lambda n: twins()[n].run(), name)
     return out
 
 
@@ -188,7 +204,7 @@ def _sparsekit(case: Case, fmt: str, x: torch.Tensor, reference: _Reference, thr
     return Contender(name, run, lambda: _assert_close(run(), reference(w), name), {
         "format": fmt, "block": list(FORMATS[fmt]), "nnz": m.nnz, "nbytes": m.nbytes,
         "bytes_moved": kernel_bytes(m, case.batch), "flops": 2 * m.nnz * case.batch,
-        "index_dtype": m.index_dtype})
+        "index_dtype": m.index_dtype}, (x, y))
 
 
 def _torch_dense(case: Case, w: np.ndarray, x_np: np.ndarray, reference: _Reference) -> Contender:
@@ -200,7 +216,7 @@ def _torch_dense(case: Case, w: np.ndarray, x_np: np.ndarray, reference: _Refere
 
     return Contender("torch-dense", run, lambda: _assert_close(run(), reference(w), "torch-dense"),
                      {"format": "dense", "nbytes": w.nbytes, "bytes_moved": w.nbytes + 4 * case.batch * (rows + cols),
-                      "flops": 2 * rows * cols * case.batch})
+                      "flops": 2 * rows * cols * case.batch}, (x,))
 
 
 def _torch_csr(case: Case, w: np.ndarray, x_np: np.ndarray, reference: _Reference) -> Contender:
@@ -217,7 +233,7 @@ def _torch_csr(case: Case, w: np.ndarray, x_np: np.ndarray, reference: _Referenc
 
     return Contender("torch-csr", run, lambda: _assert_close(run().t(), reference(w), "torch-csr"),
                      {"format": "torch-csr", "nnz": nnz, "nbytes": nnz * 12 + (case.shape[0] + 1) * 8,
-                      "flops": 2 * nnz * case.batch})
+                      "flops": 2 * nnz * case.batch}, (xt,))
 
 
 def _scipy_csr(case: Case, w: np.ndarray, x_np: np.ndarray, reference: _Reference) -> Contender:
@@ -235,4 +251,4 @@ def _scipy_csr(case: Case, w: np.ndarray, x_np: np.ndarray, reference: _Referenc
 
     return Contender("scipy-csr", run, check, {"format": "scipy-csr", "nnz": nnz,
                                                 "nbytes": int(ws.data.nbytes + ws.indices.nbytes + ws.indptr.nbytes),
-                                                "flops": 2 * nnz * case.batch})
+                                                "flops": 2 * nnz * case.batch}, (xs,))

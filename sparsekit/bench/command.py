@@ -12,12 +12,14 @@ import dataclasses
 import functools
 import json
 import os
+import statistics
 import time
 from typing import Callable, List, Optional, Tuple
 
 import sparsekit
 from sparsekit.bench import cases
-from sparsekit.bench.measure import LOAD
+from sparsekit.bench.cache import evictor
+from sparsekit.bench.measure import COLD_ROUNDS, LOAD
 from sparsekit.bench.plots import plots
 from sparsekit.bench.report import render
 from sparsekit.bench.sections import bandwidth, break_even, machine_info, memory_table, peak_rss, run_grid
@@ -26,7 +28,9 @@ DESCRIPTION = "Benchmark report: sparsekit against torch dense, torch CSR and sc
 
 EPILOG = """\
 Every contender of a grid point is timed in interleaved rounds (each round calls every
-contender a few times), so a change in machine load hits all of them alike. Writes
+contender a few times), so a change in machine load hits all of them alike. Batch 1 is
+timed hot (weights in cache, back-to-back calls) and cold (caches evicted before every
+call by a streaming read of twice the last-level cache, not timed). Writes
 report.md, results.json and bench_speedup.png, bench_bandwidth.png, bench_gflops.png
 under --out. The acceptance floors live apart, in benchmarks/floors.py.
 
@@ -83,6 +87,12 @@ def build_parser(prog: str = "sparsekit bench") -> argparse.ArgumentParser:
     p.add_argument("--no-targets", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocess probes")
     p.add_argument("--no-bandwidth", action="store_true", help="skip the batch-1 bandwidth comparison")
+    p.add_argument("--no-cold", action="store_true",
+                   help="time batch 1 with the weights hot in cache only (skip the cold measurements, "
+                        "which evict the caches before every call)")
+    p.add_argument("--cold-rounds", type=int, default=COLD_ROUNDS, metavar="N",
+                   help=f"cold calls per contender and batch-1 point, each after its own eviction "
+                        f"(default {COLD_ROUNDS})")
     return p
 
 
@@ -97,6 +107,8 @@ class Plan:
     simd: str
     threads: int
     budget: float
+    cold: bool = True
+    cold_rounds: int = COLD_ROUNDS
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -106,8 +118,8 @@ def plan(args: argparse.Namespace) -> Plan:
     Example:
         >>> from sparsekit.bench import build_parser, plan
         >>> pl = plan(build_parser().parse_args(["--full", "--formats", "csr"]))
-        >>> len(pl.shapes), pl.batches, pl.formats, pl.budget
-        (5, [1, 8, 32, 128, 512], ['csr'], 0.5)
+        >>> len(pl.shapes), pl.batches, pl.formats, pl.budget, pl.cold
+        (5, [1, 8, 32, 128, 512], ['csr'], 0.5, True)
     """
     full = args.full
     shapes = _shapes(args.shapes) if args.shapes else list(cases.FULL_SHAPES if full else cases.QUICK_SHAPES)
@@ -125,7 +137,9 @@ def plan(args: argparse.Namespace) -> Plan:
         raise SystemExit(f"SIMD level {simd!r} is not available here ({', '.join(available)})")
     threads = args.threads or sparsekit.get_num_threads()
     budget = args.budget if args.budget is not None else (0.5 if full else 0.25)
-    return Plan(shapes, batches, sparsities, formats, simd, threads, budget)
+    if args.cold_rounds < 1:
+        raise SystemExit(f"--cold-rounds must be at least 1, got {args.cold_rounds}")
+    return Plan(shapes, batches, sparsities, formats, simd, threads, budget, not args.no_cold, args.cold_rounds)
 
 
 def measure_all(pl: Plan, args: argparse.Namespace, log: Callable[[str], None]) -> dict:
@@ -136,10 +150,12 @@ def measure_all(pl: Plan, args: argparse.Namespace, log: Callable[[str], None]) 
         >>> from sparsekit.bench import build_parser, measure_all, plan
         >>> args = build_parser().parse_args(["--shapes", "16x8", "--batches", "1", "--sparsities", "0.9",
         ...                                   "--formats", "csr", "--simd", "scalar", "--threads", "1",
-        ...                                   "--budget", "0.001", "--no-rss", "--no-bandwidth"])
+        ...                                   "--budget", "0.001", "--cold-rounds", "1", "--no-rss", "--no-bandwidth"])
         >>> result = measure_all(plan(args), args, log=lambda line: None)
-        >>> len(result["rows"]), result["threads"], result["bandwidth"]
-        (4, 1, [])
+        >>> len(result["rows"]), sorted({r["cache"] for r in result["rows"]}), result["bandwidth"]
+        (8, ['cold', 'hot'], [])
+        >>> result["cold"]["evict_bytes"] > result["cold"]["llc_bytes"]
+        True
     """
     t_start = time.time()
     with sparsekit.threads(pl.threads, with_torch=True):
@@ -148,18 +164,30 @@ def measure_all(pl: Plan, args: argparse.Namespace, log: Callable[[str], None]) 
             f"{pl.threads} threads, torch {machine['torch']}")
         points = cases.grid(pl.shapes, pl.batches, pl.sparsities)
         log(f"grid: {len(points)} points x {len(pl.formats) + len(cases.BASELINES)} contenders")
-        rows = run_grid(points, pl.formats, pl.threads, pl.budget, pl.simd, log)
+        if pl.cold:
+            ev = evictor()
+            log(f"cold: evicting {ev.nbytes >> 20} MiB ({ev.info()['evict_factor']}x the {ev.llc_bytes >> 20} MiB "
+                f"last-level cache, from {ev.llc_source}) before each of {pl.cold_rounds} batch-1 calls")
+        rows = run_grid(points, pl.formats, pl.threads, pl.budget, pl.simd, log, pl.cold, pl.cold_rounds)
         be = break_even(rows)
         bw = [] if args.no_bandwidth else bandwidth(pl.shapes, 0.9, [f for f in ("csr", "4x1") if f in pl.formats],
-                                                    pl.threads, pl.simd, pl.budget)
+                                                    pl.threads, pl.simd, pl.budget, pl.cold, pl.cold_rounds)
         mem = memory_table(pl.shapes, pl.sparsities, pl.formats)
         rss = [] if args.no_rss else peak_rss()
     machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     machine["waited_for_quiet_s"] = LOAD.waited
     machine["noisy_measurements_repeated"] = LOAD.retried
-    return {"machine": machine, "simd": pl.simd, "threads": pl.threads, "budget_s": pl.budget, "rows": rows,
-            "break_even": be, "bandwidth": bw, "memory": mem, "peak_rss": rss,
-            "seconds": time.time() - t_start}
+    return {"machine": machine, "simd": pl.simd, "threads": pl.threads, "budget_s": pl.budget,
+            "cold": _cold_info(pl, rows, bw), "rows": rows, "break_even": be, "bandwidth": bw, "memory": mem,
+            "peak_rss": rss, "seconds": time.time() - t_start}
+
+
+def _cold_info(pl: Plan, rows: List[dict], bw: List[dict]) -> dict:
+    """How the cold rows were made (empty when none were): the evictor, rounds, median eviction time."""
+    evict_s = [r["evict_s"] for r in rows + bw if r.get("cache") == "cold"]
+    if not evict_s:
+        return {}
+    return {**evictor().info(), "rounds": pl.cold_rounds, "evict_s": float(statistics.median(evict_s))}
 
 
 def write_outputs(result: dict, formats: List[str], args: argparse.Namespace) -> List[str]:
@@ -169,7 +197,7 @@ def write_outputs(result: dict, formats: List[str], args: argparse.Namespace) ->
         >>> from sparsekit.bench import build_parser, measure_all, plan, write_outputs
         >>> args = build_parser().parse_args(["--shapes", "16x8", "--batches", "1", "--sparsities", "0.9",
         ...                                   "--formats", "csr", "--budget", "0.001", "--no-rss",
-        ...                                   "--no-bandwidth", "--out", "skb"])
+        ...                                   "--no-bandwidth", "--no-cold", "--out", "skb"])
         >>> pl = plan(args)
         >>> write_outputs(measure_all(pl, args, log=lambda line: None), pl.formats, args)[:2]
         ['skb/results.json', 'skb/report.md']
@@ -198,7 +226,7 @@ def main(argv: Optional[List[str]] = None, prog: str = "sparsekit bench") -> int
     Example:
         >>> from sparsekit import bench
         >>> bench.main(["--shapes", "16x8", "--batches", "1", "--sparsities", "0.9", "--formats", "csr",
-        ...             "--no-rss", "--no-bandwidth", "--budget", "0.001", "--out", "skb"])  # doctest: +ELLIPSIS
+        ...             "--no-rss", "--no-bandwidth", "--no-cold", "--budget", "0.001", "--out", "skb"])  # doctest: +ELLIPSIS
         sparsekit bench: ...
         grid: 1 points x 4 contenders
         ...

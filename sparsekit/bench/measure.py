@@ -26,6 +26,8 @@ K = TypeVar("K", bound=Hashable)
 ROUND_S = 0.005
 # A measurement whose median is over this multiple of its fastest call is noisy.
 NOISY_SPREAD = 1.5
+# Rounds of a cold measurement (one eviction and one call per contender each).
+COLD_ROUNDS = 15
 
 
 @dataclasses.dataclass
@@ -100,26 +102,36 @@ def wait_quiet(threshold: float = 0.15) -> None:
     LOAD.waited += time.time() - t0
 
 
-def measure(fns: Mapping[K, Callable[[], object]], budget: float = 0.3,
-            min_calls: int = 5) -> Dict[K, dict]:
+def measure(fns: Mapping[K, Callable[[], object]], budget: float = 0.3, min_calls: int = 5, *,
+            cold: Optional[Callable[[], object]] = None, cold_rounds: int = COLD_ROUNDS) -> Dict[K, dict]:
     """Times every callable in interleaved rounds; returns per name median/min/calls (seconds).
 
-    Each round calls every contender ``k`` times (``k`` so that a round of it lasts
-    about 5 ms), each call timed on its own, until ``budget`` seconds per contender
-    are spent and each has at least ``min_calls`` calls. When the median of some
-    contender is over 1.5x its fastest call (other processes took the cores for part
-    of the run) the measurement is repeated, at most ``LOAD.retries`` times, and the
-    attempt with the smallest such spread is kept.
+    Hot (``cold=None``): each round calls every contender ``k`` times (``k`` so that a
+    round of it lasts about 5 ms), each call timed on its own, until ``budget`` seconds
+    per contender are spent and each has at least ``min_calls`` calls.
+
+    Cold: ``cold`` (untimed, e.g. :func:`sparsekit.bench.cold_setup`) runs at the start of
+    each of ``cold_rounds`` rounds, then every contender is called once, in an order
+    that rotates from round to round; a first round warms up and is dropped, and the
+    budget does not apply. Each contender's entry adds ``evict_s``, the median seconds
+    of ``cold``.
+
+    When the median of some contender is over 1.5x its fastest call (other processes
+    took the cores for part of the run) the measurement is repeated, at most
+    ``LOAD.retries`` times, and the attempt with the smallest such spread is kept.
 
     Example:
         >>> from sparsekit.bench import measure
         >>> st = measure({"noop": lambda: None}, budget=0.001)
         >>> st["noop"]["calls"] >= 5 and st["noop"]["min"] <= st["noop"]["median"]
         True
+        >>> measure({"noop": lambda: None}, cold=lambda: None, cold_rounds=3)["noop"]["calls"]
+        3
     """
     best, best_spread = None, math.inf
     for _ in range(1 + LOAD.retries):
-        st = _measure_once(fns, budget, min_calls)
+        wait_quiet()
+        st = _measure_once(fns, budget, min_calls) if cold is None else _measure_cold(fns, cold, cold_rounds)
         spread = max(v["median"] / max(v["min"], 1e-12) for v in st.values())
         if spread < best_spread:
             best, best_spread = st, spread
@@ -129,8 +141,12 @@ def measure(fns: Mapping[K, Callable[[], object]], budget: float = 0.3,
     return best
 
 
+def _stats(samples: Mapping[K, list]) -> Dict[K, dict]:
+    return {name: {"median": float(np.median(t)), "min": float(np.min(t)), "calls": len(t)}
+            for name, t in samples.items()}
+
+
 def _measure_once(fns: Mapping[K, Callable[[], object]], budget: float, min_calls: int) -> Dict[K, dict]:
-    wait_quiet()
     calls = {name: calls_for(fn, ROUND_S) for name, fn in fns.items()}  # one warm-up call, one timed
     samples: Dict[K, list] = {name: [] for name in fns}
     spent = {name: 0.0 for name in fns}
@@ -146,8 +162,33 @@ def _measure_once(fns: Mapping[K, Callable[[], object]], budget: float, min_call
             samples[name] += t
             spent[name] += sum(t)
         active = [n for n in active if spent[n] < budget or len(samples[n]) < min_calls]
-    return {name: {"median": float(np.median(t)), "min": float(np.min(t)), "calls": len(t)}
-            for name, t in samples.items()}
+    return _stats(samples)
+
+
+_EVICT = object()  # the key of the untimed eviction step among a cold round's callables
+
+
+def _measure_cold(fns: Mapping[K, Callable[[], object]], cold: Callable[[], object],
+                  rounds: int) -> Dict[K, dict]:
+    names = list(fns)
+    samples: Dict[K, list] = {name: [] for name in names}
+    evict_s: list = []
+    for i in range(rounds + 1):  # round 0 warms up (first-touch pages, thread pools) and is dropped
+        j = i % len(names)
+        # The eviction comes first in the round, then each contender once: the round's
+        # eviction evicted every contender's weights, and no contender's call brings
+        # another's weights back. Rotating the order shares out who runs first after it.
+        order = names[j:] + names[:j]
+        got = interleaved({_EVICT: cold, **{n: fns[n] for n in order}}, rounds=1, each_call=True,
+                          calls={_EVICT: 1, **{n: 1 for n in order}})
+        if i:
+            evict_s += got[_EVICT]
+            for n in names:
+                samples[n] += got[n]
+    st = _stats(samples)
+    for v in st.values():
+        v["evict_s"] = float(np.median(evict_s))
+    return st
 
 
 def interleaved_times(fns: Mapping[K, Callable[[], object]], rounds: int,
@@ -186,14 +227,15 @@ def resident_bytes(model: torch.nn.Module) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def _stream_buffers(nbytes: int, copies: int = 1) -> Tuple[np.ndarray, ...]:
-    n = max(1, nbytes // 4)
-    return tuple(np.ones(n, dtype=np.float32) for _ in range(copies))
+def _stream_buffer(nbytes: int) -> np.ndarray:
+    return np.ones(max(1, nbytes // 4), dtype=np.float32)
 
 
-def stream_fn(nbytes: int, threads: int, copies: int = 1) -> Callable[[], float]:
-    """A streaming read of ``nbytes`` (rotating over ``copies`` buffers) on ``threads`` threads:
-    the reference a batch-1 product reading the same bytes is compared with.
+def stream_fn(nbytes: int, threads: int) -> Callable[[], float]:
+    """A streaming read of ``nbytes`` on ``threads`` threads: the reference a batch-1
+    product reading the same bytes is compared with. Called back to back it reads from
+    cache (hot); after :func:`sparsekit.bench.cold_setup` it reads from DRAM (cold),
+    like the product it is compared with.
 
     Example:
         >>> from sparsekit.bench import stream_fn
@@ -201,12 +243,9 @@ def stream_fn(nbytes: int, threads: int, copies: int = 1) -> Callable[[], float]
         >>> float(read())  # the sum of 1024 float32 ones
         1024.0
     """
-    bufs = _stream_buffers(nbytes, copies)
-    state = [0]
+    buf = _stream_buffer(nbytes)
 
     def run() -> float:
-        i = state[0]
-        state[0] = (i + 1) % copies
-        return _core.stream_read(bufs[i], threads)
+        return _core.stream_read(buf, threads)
 
     return run

@@ -11,6 +11,8 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
+from sparsekit.bench.cache import CACHE_STATES, cache_of
+
 STYLES = ("-", "--", ":", "-.")  # one line style per sparsekit format
 
 
@@ -44,16 +46,17 @@ def _gflops(r: dict, dense_median: float) -> float:
 
 
 def _series(rows: List[dict], shape: Tuple[int, int], batch: int, name: str,
-            key: Callable[[dict, float], float] = _speedup) -> Tuple[List[float], List[float]]:
-    """(sparsities, key of each) for one contender at one shape and batch, by sparsity."""
-    sel = [r for r in rows if tuple(r["shape"]) == shape and r["batch"] == batch]
+            key: Callable[[dict, float], float] = _speedup, cache: str = "hot") -> Tuple[List[float], List[float]]:
+    """(sparsities, key of each) for one contender at one shape, batch and cache state, by sparsity."""
+    sel = [r for r in rows if tuple(r["shape"]) == shape and r["batch"] == batch and cache_of(r) == cache]
     dense = {r["sparsity"]: r["median"] for r in sel if r["contender"] == "torch-dense"}
     pts = sorted((r["sparsity"], key(r, dense[r["sparsity"]])) for r in sel if r["contender"] == name)
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def speedup_plot(rows: List[dict], out_dir: str, formats: Sequence[str]) -> str:
-    """Speedup over torch dense against sparsity, one panel per batch size: ``bench_speedup.png``.
+    """Speedup over torch dense against sparsity, one panel per batch size and cache state
+    (batch 1 hot and cold): ``bench_speedup.png``.
 
     Example:
         >>> from sparsekit.bench import speedup_plot
@@ -63,21 +66,22 @@ def speedup_plot(rows: List[dict], out_dir: str, formats: Sequence[str]) -> str:
         './bench_speedup.png'
     """
     plt = _pyplot()
-    shapes, batches = _shapes(rows), sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
-    for ax, batch in zip(axes[0], batches):
+    shapes = _shapes(rows)
+    panels = sorted({(r["batch"], cache_of(r)) for r in rows}, key=lambda p: (p[0], CACHE_STATES.index(p[1])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (batch, cache) in zip(axes[0], panels):
         for i, shape in enumerate(shapes):
             for j, fmt in enumerate(formats):
-                xs, ys = _series(rows, shape, batch, f"sparsekit-{fmt}")
+                xs, ys = _series(rows, shape, batch, f"sparsekit-{fmt}", cache=cache)
                 ax.plot(xs, ys, STYLES[j % 4], marker="o", ms=3, color=f"C{i}",
                         label=f"{shape[0]}x{shape[1]} {fmt}")
-            xs, ys = _series(rows, shape, batch, "torch-csr")
+            xs, ys = _series(rows, shape, batch, "torch-csr", cache=cache)
             ax.plot(xs, ys, ":", marker="x", ms=3, color=f"C{i}", alpha=0.5, label=f"{shape[0]}x{shape[1]} torch CSR")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_yscale("log")
         ax.set_xlabel("sparsity")
         ax.set_ylabel("speedup over torch dense")
-        ax.set_title(f"batch {batch}")
+        ax.set_title(f"batch {batch}, weights {cache}" + (" (evicted before each call)" if cache == "cold" else ""))
         ax.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=6, loc="upper left")
     return _save(fig, out_dir, "bench_speedup.png")
@@ -85,24 +89,25 @@ def speedup_plot(rows: List[dict], out_dir: str, formats: Sequence[str]) -> str:
 
 def bandwidth_plot(bw: List[dict], out_dir: str) -> str:
     """Batch-1 bandwidth of the kernel against a streaming read of the same bytes, hot and
-    cold: ``bench_bandwidth.png``.
+    cold (one bar pair per row of :func:`sparsekit.bench.bandwidth`): ``bench_bandwidth.png``.
 
     Example:
         >>> from sparsekit.bench import bandwidth_plot
         >>> bw = [{"shape": [8, 8], "format": "csr", "sparsity": 0.9, "simd": "scalar", "threads": 1,
-        ...        "stream-hot_GBps": 9.0, "kernel-hot_GBps": 3.0, "stream-cold_GBps": 5.0, "kernel-cold_GBps": 4.0}]
+        ...        "cache": c, "stream_GBps": s, "kernel_GBps": k} for c, s, k in (("hot", 9.0, 3.0), ("cold", 5.0, 4.0))]
         >>> bandwidth_plot(bw, ".")
         './bench_bandwidth.png'
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(bw)), 4))
-    labels = [f"{r['shape'][0]}x{r['shape'][1]}\n{r['format']} s{r['sparsity']:g}" for r in bw]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(bw)), 4))
+    labels = [f"{r['shape'][0]}x{r['shape'][1]}\n{r['format']} s{r['sparsity']:g}\n{r['cache']}" for r in bw]
     xs = np.arange(len(bw))
-    width = 0.2
-    for k, (key, name) in enumerate((("stream-hot", "stream read, hot"), ("kernel-hot", "sparsekit, hot"),
-                                     ("stream-cold", "stream read, cold"), ("kernel-cold", "sparsekit, cold"))):
-        ax.bar(xs + (k - 1.5) * width, [r[key + "_GBps"] for r in bw], width, label=name,
-               color=f"C{k // 2}", alpha=1.0 if k % 2 else 0.5)
+    width = 0.4
+    for k, (key, name) in enumerate((("stream", "streaming read"), ("kernel", "sparsekit"))):
+        for cache in CACHE_STATES:
+            idx = [i for i, r in enumerate(bw) if r["cache"] == cache]
+            ax.bar(xs[idx] + (k - 0.5) * width, [bw[i][key + "_GBps"] for i in idx], width,
+                   label=f"{name}, {cache}", color=f"C{k}", alpha=1.0 if cache == "cold" else 0.5)
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=7)
     ax.set_ylabel("GB/s (bytes the kernel must read / time)")
@@ -112,8 +117,8 @@ def bandwidth_plot(bw: List[dict], out_dir: str) -> str:
 
 
 def gflops_plot(rows: List[dict], out_dir: str, formats: Sequence[str]) -> str:
-    """GFLOP/s at the largest batch, sparsekit (useful work: stored values) against torch
-    dense: ``bench_gflops.png``.
+    """GFLOP/s at the largest batch (weights hot), sparsekit (useful work: stored values)
+    against torch dense: ``bench_gflops.png``.
 
     Example:
         >>> from sparsekit.bench import gflops_plot
@@ -133,7 +138,7 @@ def gflops_plot(rows: List[dict], out_dir: str, formats: Sequence[str]) -> str:
             ax.plot(xs, ys, STYLES[j % 4], marker="o", ms=3, color=f"C{i}", label=f"{shape[0]}x{shape[1]} {fmt}")
     ax.set_xlabel("sparsity")
     ax.set_ylabel("GFLOP/s (2 x stored values x batch / time)")
-    ax.set_title(f"batch {big}: achieved GFLOP/s")
+    ax.set_title(f"batch {big}, weights hot: achieved GFLOP/s")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6)
     return _save(fig, out_dir, "bench_gflops.png")

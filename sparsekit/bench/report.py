@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
+from sparsekit.bench.cache import CACHE_STATES, cache_of
 from sparsekit.bench.cases import FORMATS
-from sparsekit.bench.sections import COLD_BYTES
 
 NOTES = """## Reading these numbers
 
@@ -42,37 +42,51 @@ def _fmt_ms(t: float) -> str:
     return f"{t * 1e3:.3f}" if t < 0.1 else f"{t * 1e3:.1f}"
 
 
+def _field(r: dict, f: str):
+    if f == "cache":
+        return cache_of(r)
+    return tuple(r[f]) if f == "shape" else r[f]
+
+
 def _points(rows: List[dict], *fields: str) -> list:
-    """The distinct values of ``fields`` over ``rows``, in order of first appearance (shape as a tuple)."""
+    """The distinct values of ``fields`` over ``rows`` (shape as a tuple), in order of first
+    appearance, except that within each (shape, batch) the hot points come before the cold."""
     keys: list = []
     for r in rows:
-        k = tuple(tuple(r[f]) if f == "shape" else r[f] for f in fields)
+        k = tuple(_field(r, f) for f in fields)
         if k not in keys:
             keys.append(k)
-    return keys
+    if "cache" not in fields:
+        return keys
+    c = fields.index("cache")
+    groups = [k[:c] for k in keys]
+    return sorted(keys, key=lambda k: (groups.index(k[:c]), CACHE_STATES.index(k[c])))
 
 
 def markdown_table(rows: List[dict], formats: Sequence[str]) -> str:
-    """Medians in ms; each sparsekit cell adds its speedup over torch dense and torch CSR.
+    """Medians in ms, one line per grid point and cache state (``hot``: weights in cache,
+    ``cold``: evicted before every call); each sparsekit cell adds its speedup over torch
+    dense and torch CSR measured in the same state.
 
     Example:
         >>> from sparsekit.bench import markdown_table
-        >>> rows = [{"shape": [8, 8], "batch": 1, "sparsity": 0.9, "contender": c, "median": t}
+        >>> rows = [{"shape": [8, 8], "batch": 1, "sparsity": 0.9, "cache": "hot", "contender": c, "median": t}
         ...         for c, t in (("torch-dense", 2e-3), ("torch-csr", 1e-3), ("scipy-csr", 3e-3),
         ...                      ("sparsekit-csr", 5e-4))]
         >>> print(markdown_table(rows, ["csr"]))
-        | shape | batch | sparsity | torch dense | torch CSR | scipy CSR | sparsekit csr |
-        |---|---|---|---|---|---|---|
-        | 8x8 | 1 | 0.9 | 2.000 | 1.000 | 3.000 | 0.500 (4.0x / 2.0x) |
+        | shape | batch | cache | sparsity | torch dense | torch CSR | scipy CSR | sparsekit csr |
+        |---|---|---|---|---|---|---|---|
+        | 8x8 | 1 | hot | 0.9 | 2.000 | 1.000 | 3.000 | 0.500 (4.0x / 2.0x) |
     """
-    head = ["shape", "batch", "sparsity", "torch dense", "torch CSR", "scipy CSR"] + \
+    head = ["shape", "batch", "cache", "sparsity", "torch dense", "torch CSR", "scipy CSR"] + \
            [f"sparsekit {f}" for f in formats]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for shape, batch, s in _points(rows, "shape", "batch", "sparsity"):
-        sel = {r["contender"]: r for r in rows
-               if (tuple(r["shape"]), r["batch"], r["sparsity"]) == (shape, batch, s)}
+    fields = ("shape", "batch", "cache", "sparsity")
+    for point in _points(rows, *fields):
+        shape, batch, cache, s = point
+        sel = {r["contender"]: r for r in rows if tuple(_field(r, f) for f in fields) == point}
         d, c = sel["torch-dense"]["median"], sel["torch-csr"]["median"]
-        cells = [f"{shape[0]}x{shape[1]}", str(batch), f"{s:g}", _fmt_ms(d), _fmt_ms(c),
+        cells = [f"{shape[0]}x{shape[1]}", str(batch), cache, f"{s:g}", _fmt_ms(d), _fmt_ms(c),
                  _fmt_ms(sel["scipy-csr"]["median"])]
         for f in formats:
             t = sel[f"sparsekit-{f}"]["median"]
@@ -82,29 +96,64 @@ def markdown_table(rows: List[dict], formats: Sequence[str]) -> str:
 
 
 def summary_table(rows: List[dict], formats: Sequence[str], sparsity: float = 0.9) -> str:
-    """A compact table (for the README): every shape and batch at one sparsity
-    (the highest measured where ``sparsity`` was not).
+    """A compact table (for the README): every shape, batch and cache state at one
+    sparsity (the highest measured where ``sparsity`` was not).
 
     Example:
         >>> from sparsekit.bench import summary_table
-        >>> rows = [{"shape": [8, 8], "batch": 1, "sparsity": 0.9, "contender": c, "median": t}
+        >>> rows = [{"shape": [8, 8], "batch": 1, "sparsity": 0.9, "cache": k, "contender": c, "median": t * f}
+        ...         for k, f in (("hot", 1), ("cold", 2))
         ...         for c, t in (("torch-dense", 2e-3), ("torch-csr", 1e-3), ("sparsekit-csr", 5e-4))]
-        >>> print(summary_table(rows, ["csr"]).splitlines()[-1])
-        | 8x8 | 1 | 2.000 ms | 1.000 ms | 0.500 ms (**4.0x**) |
+        >>> for line in summary_table(rows, ["csr"]).splitlines()[-2:]:
+        ...     print(line)
+        | 8x8 | 1 | hot | 2.000 ms | 1.000 ms | 0.500 ms (**4.0x**) |
+        | 8x8 | 1 | cold | 4.000 ms | 2.000 ms | 1.000 ms (**4.0x**) |
     """
     sel = [r for r in rows if abs(r["sparsity"] - sparsity) < 1e-9]
     if not sel:
         sparsity = max(r["sparsity"] for r in rows)
         sel = [r for r in rows if r["sparsity"] == sparsity]
-    head = ["layer", "batch", "torch dense", "torch CSR"] + [f"sparsekit {f}" for f in formats]
+    head = ["layer", "batch", "cache", "torch dense", "torch CSR"] + [f"sparsekit {f}" for f in formats]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for shape, batch in _points(sel, "shape", "batch"):
-        by = {r["contender"]: r["median"] for r in sel if (tuple(r["shape"]), r["batch"]) == (shape, batch)}
+    fields = ("shape", "batch", "cache")
+    for point in _points(sel, *fields):
+        shape, batch, cache = point
+        by = {r["contender"]: r["median"] for r in sel if tuple(_field(r, f) for f in fields) == point}
         d = by["torch-dense"]
-        cells = [f"{shape[0]}x{shape[1]}", str(batch), f"{_fmt_ms(d)} ms", f"{_fmt_ms(by['torch-csr'])} ms"]
+        cells = [f"{shape[0]}x{shape[1]}", str(batch), cache, f"{_fmt_ms(d)} ms", f"{_fmt_ms(by['torch-csr'])} ms"]
         cells += [f"{_fmt_ms(by[f'sparsekit-{f}'])} ms (**{d / by[f'sparsekit-{f}']:.1f}x**)" for f in formats]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def cache_note(cold: dict) -> str:
+    """What *hot* and *cold* mean in a report, with how cold was produced on this run
+    (``cold``: the ``"cold"`` entry of a result, :meth:`sparsekit.bench.Evictor.info`
+    plus ``rounds`` and ``evict_s``; empty when nothing was measured cold).
+
+    Example:
+        >>> from sparsekit.bench import Evictor, cache_note
+        >>> info = {**Evictor(llc_bytes=32 << 20, threads=2).info(), "rounds": 9, "evict_s": 0.004}
+        >>> "64 MiB buffer (2x the 32 MiB last-level cache" in cache_note(info)
+        True
+    """
+    hot = ("*hot*: the same layer called back to back, so its weights stay in the caches "
+           "(a whole model that fits in the last-level cache runs like this; a weight larger "
+           "than the cache, such as a big dense matrix, still comes partly from DRAM).")
+    if not cold:
+        return f"Every figure is {hot}\n"
+    llc, evict = cold["llc_bytes"] / 2**20, cold["evict_bytes"] / 2**20
+    warn = "" if cold["evicts_llc"] else " (smaller than the cache: cold figures are partly hot)"
+    return (f"Batch 1 is measured in two cache states. {hot[0].upper()}{hot[1:]} *cold*: before "
+            f"every call the caches are evicted by a streaming read of a {evict:.0f} MiB buffer "
+            f"({cold['evict_factor']}x the {llc:.0f} MiB last-level cache, read from {cold['llc_source']}"
+            f"{warn}) on {cold['evict_threads']} threads, {1e3 * cold['evict_s']:.0f} ms per call and not "
+            "timed; then the same code runs once on a small layer of other weights (the "
+            "interpreter's and the library's state warm again, as in a model whose other layers run "
+            "the same code) and the call's activations are read back, so only its weights come from "
+            "DRAM, as in a model much larger than the cache. Cold medians are over "
+            f"{cold['rounds']} calls per contender, one per eviction, in an order that rotates. "
+            "Larger batches are measured hot.\n")
 
 
 def _header(result: dict) -> List[str]:
@@ -125,13 +174,15 @@ def _header(result: dict) -> List[str]:
 
 def _break_even_section(be: List[dict]) -> List[str]:
     out = ["## Break-even sparsity against torch dense\n",
-           "Lowest sparsity at which sparsekit is faster than torch's dense linear "
-           "(interpolated between measured sparsities; `<= s`: already faster at the lowest measured).\n"]
+           "Lowest sparsity at which sparsekit is faster than torch's dense linear in the same cache "
+           "state (interpolated between measured sparsities; `<= s`: already faster at the lowest measured).\n"]
     fmts = sorted({b["format"] for b in be}, key=list(FORMATS).index)
-    out.append("| shape | batch | " + " | ".join(fmts) + " |\n|---|---|" + "---|" * len(fmts))
-    for key in sorted({(tuple(b["shape"]), b["batch"]) for b in be}):
-        cells = {b["format"]: b["label"] for b in be if (tuple(b["shape"]), b["batch"]) == key}
-        out.append(f"| {key[0][0]}x{key[0][1]} | {key[1]} | " + " | ".join(cells.get(f, "") for f in fmts) + " |")
+    out.append("| shape | batch | cache | " + " | ".join(fmts) + " |\n|---|---|---|" + "---|" * len(fmts))
+    fields = ("shape", "batch", "cache")
+    for point in sorted(_points(be, *fields), key=lambda k: (k[0], k[1], CACHE_STATES.index(k[2]))):
+        cells = {b["format"]: b["label"] for b in be if tuple(_field(b, f) for f in fields) == point}
+        out.append(f"| {point[0][0]}x{point[0][1]} | {point[1]} | {point[2]} | " +
+                   " | ".join(cells.get(f, "") for f in fmts) + " |")
     out.append("")
     return out
 
@@ -140,17 +191,15 @@ def _bandwidth_section(bw: List[dict]) -> List[str]:
     if not bw:
         return []
     out = ["## Batch 1: achieved bandwidth against a streaming read of the same bytes\n",
-           "Bytes = values + indices + row pointers + x + y. *Hot*: the same layer called "
-           "repeatedly (it stays in the last-level cache). *Cold*: rotating over copies that "
-           f"together exceed {COLD_BYTES >> 20} MiB, like the layers of a model; the streaming "
-           "read rotates over buffers of the same sizes.\n",
-           "| shape | format | sparsity | MB | kernel hot GB/s | stream hot GB/s | share | "
-           "kernel cold GB/s | stream cold GB/s | share |\n|---|---|---|---|---|---|---|---|---|---|"]
+           "Bytes = values + indices + row pointers + x + y. The streaming read is measured in "
+           "the same cache state as the kernel: *hot* (both called back to back) or *cold* (both "
+           "after the caches were evicted, as above). Share: streaming-read time / kernel time.\n",
+           "| shape | format | sparsity | cache | MB | kernel GB/s | stream GB/s | share |\n"
+           "|---|---|---|---|---|---|---|---|"]
     for r in bw:
-        out.append(f"| {r['shape'][0]}x{r['shape'][1]} | {r['format']} | {r['sparsity']:g} | "
-                   f"{r['bytes'] / 1e6:.2f} | {r['kernel-hot_GBps']:.1f} | {r['stream-hot_GBps']:.1f} | "
-                   f"{100 * r['fraction_hot']:.0f}% | {r['kernel-cold_GBps']:.1f} | "
-                   f"{r['stream-cold_GBps']:.1f} | {100 * r['fraction_cold']:.0f}% |")
+        out.append(f"| {r['shape'][0]}x{r['shape'][1]} | {r['format']} | {r['sparsity']:g} | {r['cache']} | "
+                   f"{r['bytes'] / 1e6:.2f} | {r['kernel_GBps']:.1f} | {r['stream_GBps']:.1f} | "
+                   f"{100 * r['fraction']:.0f}% |")
     out.append("")
     return out
 
@@ -203,10 +252,11 @@ def render(result: dict, formats: Sequence[str], pngs: Sequence[str]) -> str:
         ...           "break_even": break_even(rows), "bandwidth": [], "peak_rss": [],
         ...           "memory": memory_table([(8, 8)], [0.9], ["csr"]), "seconds": 1.0}
         >>> text = render(result, ["csr"], ["bench_speedup.png"])
-        >>> "| 8x8 | 1 | <= 0.9 |" in text, "![bench_speedup.png](bench_speedup.png)" in text
+        >>> "| 8x8 | 1 | hot | <= 0.9 |" in text, "![bench_speedup.png](bench_speedup.png)" in text
         (True, True)
     """
     out = _header(result)
+    out.append(cache_note(result.get("cold") or {}))
     out.append(NOTES)
     out += ["## Summary at 90% sparsity\n", summary_table(result["rows"], formats), ""]
     out += ["## Medians (ms) and speedups\n", markdown_table(result["rows"], formats), ""]

@@ -1,5 +1,6 @@
-"""What the report measures, section by section: the machine, the grid of medians,
-batch-1 bandwidth against a streaming read, bytes per format, break-even sparsities.
+"""What the report measures, section by section: the machine, the grid of medians
+(batch 1 with the weights hot in cache and evicted), batch-1 bandwidth against a
+streaming read, bytes per format, break-even sparsities.
 
 Each function returns plain rows (dicts, JSON-ready) that :mod:`sparsekit.bench.report`
 renders and :mod:`sparsekit.bench.plots` draws.
@@ -19,12 +20,9 @@ import numpy as np
 import torch
 
 import sparsekit
-from sparsekit.bench.cases import Case, contenders, kernel_bytes, sparse_weight
-from sparsekit.bench.measure import measure, stream_fn
-from sparsekit.formats import SparseMatrix
-
-# Where the weights of a "cold" measurement rotate: well beyond the last-level cache.
-COLD_BYTES = 96 << 20
+from sparsekit.bench.cache import CACHE_STATES, cache_of, cold_setup_for
+from sparsekit.bench.cases import Case, contenders, sparse_weight
+from sparsekit.bench.measure import COLD_ROUNDS, measure, stream_fn
 # The layer whose resident memory the report follows from dense to converted to running.
 PEAK_RSS_SHAPE = (4096, 4096)
 PEAK_RSS_SPARSITY = 0.9
@@ -56,17 +54,22 @@ def machine_info() -> dict:
 
 
 def run_grid(cases: Sequence[Case], formats: Sequence[str], threads: int, budget: float,
-             simd: str, log: Callable[[str], None]) -> List[dict]:
-    """Measures every contender at every grid point; returns one row per (case, contender).
+             simd: str, log: Callable[[str], None], cold: bool = True,
+             cold_rounds: int = COLD_ROUNDS) -> List[dict]:
+    """Measures every contender at every grid point; returns one row per (case, cache
+    state, contender), ``cache`` ``"hot"`` (back-to-back calls) or, at batch 1 when
+    ``cold``, also ``"cold"`` (caches evicted before every call, ``cold_rounds`` calls:
+    :mod:`sparsekit.bench.cache`).
 
-    Each contender's result is checked first; ``log`` gets one line per grid point.
+    Each contender's result is checked first; ``log`` gets one line per grid point and
+    cache state.
 
     Example:
         >>> from sparsekit.bench import Case, run_grid
         >>> rows = run_grid([Case((16, 8), 1, 0.5)], ["csr"], threads=1, budget=0.001,
-        ...                 simd="scalar", log=lambda line: None)
-        >>> sorted(r["contender"] for r in rows)
-        ['scipy-csr', 'sparsekit-csr', 'torch-csr', 'torch-dense']
+        ...                 simd="scalar", log=lambda line: None, cold=False)
+        >>> sorted((r["cache"], r["contender"]) for r in rows)[:2]
+        [('hot', 'scipy-csr'), ('hot', 'sparsekit-csr')]
     """
     rows = []
     with sparsekit.use_simd(simd):
@@ -74,58 +77,55 @@ def run_grid(cases: Sequence[Case], formats: Sequence[str], threads: int, budget
             cs = contenders(case, formats, threads=threads)
             for c in cs.values():
                 c.check()
-            stats = measure({n: c.run for n, c in cs.items()}, budget)
-            for n, c in cs.items():
-                rows.append({"shape": list(case.shape), "batch": case.batch, "sparsity": case.sparsity,
-                             "contender": n, "simd": simd, "threads": threads, **stats[n], **c.info})
-            dense = stats["torch-dense"]["median"]
-            best = min((stats[n]["median"], n) for n in cs if n.startswith("sparsekit"))
-            log(f"  {case.id:<24} dense {dense * 1e3:8.3f} ms  best {best[1]:<14} {best[0] * 1e3:8.3f} ms"
-                f"  x{dense / best[0]:.2f}")
+            fns = {n: c.run for n, c in cs.items()}
+            measured = [("hot", measure(fns, budget))]
+            if cold and case.batch == 1:
+                measured.append(("cold", measure(fns, cold=cold_setup_for(cs.values()), cold_rounds=cold_rounds)))
+            for cache, stats in measured:
+                for n, c in cs.items():
+                    rows.append({"shape": list(case.shape), "batch": case.batch, "sparsity": case.sparsity,
+                                 "cache": cache, "contender": n, "simd": simd, "threads": threads,
+                                 **stats[n], **c.info})
+                dense = stats["torch-dense"]["median"]
+                best = min((stats[n]["median"], n) for n in cs if n.startswith("sparsekit"))
+                log(f"  {case.id:<24} {cache:<4} dense {dense * 1e3:8.3f} ms  best {best[1]:<14} "
+                    f"{best[0] * 1e3:8.3f} ms  x{dense / best[0]:.2f}")
     return rows
 
 
 def bandwidth(shapes: Sequence[Tuple[int, int]], sparsity: float, formats: Sequence[str], threads: int,
-              simd: str, budget: float) -> List[dict]:
+              simd: str, budget: float, cold: bool = True, cold_rounds: int = COLD_ROUNDS) -> List[dict]:
     """Batch-1 achieved bandwidth (bytes the kernel must read / time) against a streaming read
-    of the same number of bytes, both with the weights hot in cache (repeated calls) and cold
-    (rotating over copies that together exceed the last-level cache, like a model's layers).
+    of the same number of bytes; one row per shape, format and cache state: ``"hot"`` (both
+    called back to back, from cache) and, when ``cold``, ``"cold"`` (both after the caches
+    were evicted: :func:`sparsekit.bench.cold_setup`).
 
     Example:
         >>> from sparsekit.bench import bandwidth
-        >>> (row,) = bandwidth([(64, 64)], 0.9, ["csr"], threads=1, simd="scalar", budget=0.001)
-        >>> row["bytes"] > 0 and row["fraction_hot"] > 0 and row["fraction_cold"] > 0
-        True
+        >>> (row,) = bandwidth([(64, 64)], 0.9, ["csr"], threads=1, simd="scalar", budget=0.001, cold=False)
+        >>> row["cache"], row["bytes"] > 0 and row["fraction"] > 0
+        ('hot', True)
     """
     out = []
     with sparsekit.use_simd(simd):
         for shape in shapes:
-            x = torch.randn(1, shape[1])
             for fmt in formats:
-                m = sparse_weight(shape, sparsity, fmt)
-                nbytes = kernel_bytes(m, 1)
-                copies = min(256, max(2, math.ceil(COLD_BYTES / nbytes)))
-                mats = _copies_of(m, copies)
-                state = [0]
-
-                def cold(mats=mats, state=state):
-                    i = state[0]
-                    state[0] = (i + 1) % len(mats)
-                    return sparsekit.linear(x, mats[i], threads=threads)
-
-                fns = {"kernel-hot": lambda m=m: sparsekit.linear(x, m, threads=threads),
-                       "stream-hot": stream_fn(nbytes, threads),
-                       "kernel-cold": cold, "stream-cold": stream_fn(nbytes, threads, copies)}
-                st = measure(fns, budget)
-                del mats
-                row = {"shape": list(shape), "sparsity": sparsity, "format": fmt, "simd": simd,
-                       "threads": threads, "bytes": nbytes}
-                for k, v in st.items():
-                    row[k + "_s"] = v["median"]
-                    row[k + "_GBps"] = nbytes / v["median"] / 1e9
-                row["fraction_hot"] = st["stream-hot"]["median"] / st["kernel-hot"]["median"]
-                row["fraction_cold"] = st["stream-cold"]["median"] / st["kernel-cold"]["median"]
-                out.append(row)
+                (c,) = contenders(Case(shape, 1, sparsity), (fmt,), baselines=(), threads=threads).values()
+                nbytes = c.info["bytes_moved"]
+                fns = {"kernel": c.run, "stream": stream_fn(nbytes, threads)}
+                measured = [("hot", measure(fns, budget))]
+                if cold:
+                    measured.append(("cold", measure(fns, cold=cold_setup_for([c]), cold_rounds=cold_rounds)))
+                for cache, st in measured:
+                    row = {"shape": list(shape), "sparsity": sparsity, "format": fmt, "cache": cache,
+                           "simd": simd, "threads": threads, "bytes": nbytes}
+                    for k, v in st.items():
+                        row[k + "_s"] = v["median"]
+                        row[k + "_GBps"] = nbytes / v["median"] / 1e9
+                    row["fraction"] = st["stream"]["median"] / st["kernel"]["median"]
+                    if "evict_s" in st["kernel"]:
+                        row["evict_s"] = st["kernel"]["evict_s"]
+                    out.append(row)
     return out
 
 
@@ -174,22 +174,25 @@ def peak_rss(blocks: Sequence[Tuple[int, int]] = ((1, 1), (4, 1)), shape: Tuple[
 
 
 def break_even(rows: List[dict]) -> List[dict]:
-    """Lowest sparsity at which each sparsekit format beats torch dense, per shape and batch
-    (linear interpolation of log speedup between measured sparsities).
+    """Lowest sparsity at which each sparsekit format beats torch dense, per shape, batch and
+    cache state (linear interpolation of log speedup between measured sparsities; rows
+    without ``cache`` count as hot).
 
     Example:
         >>> from sparsekit.bench import break_even
         >>> rows = [{"shape": [8, 8], "batch": 1, "sparsity": s, "contender": c, "format": f, "median": t}
         ...         for s, d, k in ((0.5, 1.0, 2.0), (0.9, 1.0, 0.5))
         ...         for c, f, t in (("torch-dense", "dense", d), ("sparsekit-csr", "csr", k))]
-        >>> round(break_even(rows)[0]["break_even"], 3)
-        0.7
+        >>> (be,) = break_even(rows)
+        >>> round(be["break_even"], 3), be["cache"]
+        (0.7, 'hot')
     """
     out = []
-    keys = sorted({(tuple(r["shape"]), r["batch"]) for r in rows})
+    keys = sorted({(tuple(r["shape"]), r["batch"], cache_of(r)) for r in rows},
+                  key=lambda k: (k[0], k[1], CACHE_STATES.index(k[2])))
     formats = sorted({r["format"] for r in rows if r["contender"].startswith("sparsekit")})
-    for shape, batch in keys:
-        sel = [r for r in rows if tuple(r["shape"]) == shape and r["batch"] == batch]
+    for shape, batch, cache in keys:
+        sel = [r for r in rows if (tuple(r["shape"]), r["batch"], cache_of(r)) == (shape, batch, cache)]
         dense = {r["sparsity"]: r["median"] for r in sel if r["contender"] == "torch-dense"}
         for fmt in formats:
             pts = sorted((r["sparsity"], dense[r["sparsity"]] / r["median"])
@@ -210,13 +213,6 @@ def break_even(rows: List[dict]) -> List[dict]:
                         value = s0 + f * (s1 - s0)
                         break
                 label = f"{value:.2f}" if value is not None else "n/a"
-            out.append({"shape": list(shape), "batch": batch, "format": fmt, "break_even": value,
-                        "label": label})
+            out.append({"shape": list(shape), "batch": batch, "cache": cache, "format": fmt,
+                        "break_even": value, "label": label})
     return out
-
-
-
-def _copies_of(m: SparseMatrix, copies: int) -> List[SparseMatrix]:
-    return [SparseMatrix.from_arrays(m.shape, m.indptr.copy(), m.indices.copy(), m.values.copy(),
-                                     block=m.block, index_dtype=m.index_dtype) for _ in range(copies)]
-
