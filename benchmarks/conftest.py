@@ -2,7 +2,11 @@
 
 The default grid is a small subset (a few minutes); ``--full-grid`` runs the whole
 grid of the benchmark report (5 shapes x 5 batches x 6 sparsities x 7 contenders).
-The acceptance floors are checked apart: ``python benchmarks/floors.py``.
+Batch-1 points run twice, parametrised by ``cache``: ``hot`` (back-to-back calls, the
+weights stay in cache) and ``cold`` (the caches evicted before every call by
+:func:`sparsekit.bench.cold_setup_for`, as in the report); ids end in ``-hot``/``-cold``,
+so ``-k cold`` selects the cold ones. The acceptance floors are checked apart:
+``python benchmarks/floors.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ def pytest_addoption(parser):
     group.addoption("--simd", default=None, help="sparsekit SIMD level (default: the best available)")
     group.addoption("--sk-threads", type=int, default=None,
                     help="threads for sparsekit and torch (default: sparsekit.get_num_threads())")
+    group.addoption("--cold-rounds", type=int, default=bench.COLD_ROUNDS,
+                    help="timed calls of a cold benchmark, each after its own eviction "
+                         f"(default {bench.COLD_ROUNDS})")
 
 
 def cases(config) -> list:
@@ -43,7 +50,11 @@ def pytest_generate_tests(metafunc):
                     seen.add((c.shape, c.sparsity))
                     uniq.append(bench.Case(c.shape, 1, c.sparsity))
             cs = uniq
-        metafunc.parametrize("case", cs, ids=[c.id for c in cs])
+        if "cache" in metafunc.fixturenames:  # batch 1 hot and cold, larger batches hot
+            points = [(c, cache) for c in cs for cache in bench.CACHE_STATES if cache == "hot" or c.batch == 1]
+            metafunc.parametrize(("case", "cache"), points, ids=[f"{c.id}-{cache}" for c, cache in points])
+        else:
+            metafunc.parametrize("case", cs, ids=[c.id for c in cs])
 
 
 @pytest.fixture
@@ -57,6 +68,11 @@ def sk_threads(pytestconfig) -> int:
     n = pytestconfig.getoption("--sk-threads") or sparsekit.get_num_threads()
     torch.set_num_threads(n)
     return n
+
+
+@pytest.fixture(scope="session")
+def cold_rounds(pytestconfig) -> int:
+    return pytestconfig.getoption("--cold-rounds")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,7 +2,10 @@
 
 ``pytest benchmarks --benchmark-only [--full-grid] [--simd avx2] [--sk-threads 2]``.
 Every contender's result is checked against a float64 reference outside the timed
-call; ``extra_info`` records SIMD level, threads, sparsity, block and bytes moved.
+call; ``extra_info`` records SIMD level, threads, sparsity, block, bytes moved and the
+cache state. Batch 1 runs ``hot`` (pytest-benchmark's back-to-back calls) and ``cold``
+(``benchmark.pedantic`` with the report's eviction, :func:`sparsekit.bench.cold_setup_for`,
+as the untimed setup of every call; ``--cold-rounds`` calls).
 """
 
 from __future__ import annotations
@@ -18,34 +21,46 @@ from sparsekit import SparseMatrix, bench
 CONTENDERS = [f"sparsekit-{f}" for f in bench.FORMATS] + list(bench.BASELINES)
 
 
-def _group(case: bench.Case) -> str:
-    return f"linear {case.shape[0]}x{case.shape[1]} batch={case.batch} sparsity={case.sparsity:g}"
+def _group(case: bench.Case, cache: str) -> str:
+    return f"linear {case.shape[0]}x{case.shape[1]} batch={case.batch} sparsity={case.sparsity:g} cache={cache}"
+
+
+def _run(benchmark, fn, cache: str, setup, rounds: int) -> None:
+    """Hot: pytest-benchmark's own calls, back to back. Cold: ``setup`` (the eviction) before
+    every one of ``rounds`` calls, untimed, after one warm-up call."""
+    if cache == "hot":
+        benchmark(fn)
+    else:
+        benchmark.extra_info.update(bench.evictor().info())
+        benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("contender", CONTENDERS)
-def test_linear(benchmark, case, contender, sk_threads, simd_level):
+def test_linear(benchmark, case, cache, contender, sk_threads, simd_level, cold_rounds):
     fmt = contender.split("-", 1)[1] if contender.startswith("sparsekit-") else None
     cs = bench.contenders(case, formats=(fmt,) if fmt else (),
                           baselines=() if fmt else (contender,), threads=sk_threads)
     c = cs[contender]
     c.check()  # correctness, outside the timed call
-    benchmark.group = _group(case)
+    benchmark.group = _group(case, cache)
     benchmark.extra_info.update({"simd": simd_level, "threads": sk_threads, "sparsity": case.sparsity,
-                                 "batch": case.batch, "shape": list(case.shape),
+                                 "batch": case.batch, "shape": list(case.shape), "cache": cache,
                                  "block": c.info.get("block"), "bytes_moved": c.info.get("bytes_moved"),
                                  "nbytes": c.info.get("nbytes"), "flops": c.info.get("flops")})
-    benchmark(c.run)
+    _run(benchmark, c.run, cache, bench.cold_setup_for([c]), cold_rounds)
 
 
 @pytest.mark.parametrize("fmt", list(bench.FORMATS))
-def test_stream_read_reference(benchmark, case, fmt, sk_threads, batch_independent):
-    """The streaming read of the same bytes a batch-1 product must read (same group as b1)."""
+def test_stream_read_reference(benchmark, case, cache, fmt, sk_threads, batch_independent, cold_rounds):
+    """The streaming read of the same bytes a batch-1 product must read, in the same cache
+    state (same group as b1): from cache (hot) or from DRAM after the eviction (cold)."""
     m = bench.sparse_weight(case.shape, case.sparsity, fmt)
     nbytes = bench.kernel_bytes(m, 1)
     fn = bench.stream_fn(nbytes, sk_threads)
-    benchmark.group = _group(case)
-    benchmark.extra_info.update({"bytes": nbytes, "threads": sk_threads, "reference_for": f"sparsekit-{fmt}"})
-    benchmark(fn)
+    benchmark.group = _group(case, cache)
+    benchmark.extra_info.update({"bytes": nbytes, "threads": sk_threads, "reference_for": f"sparsekit-{fmt}",
+                                 "cache": cache})
+    _run(benchmark, fn, cache, bench.cold_setup(), cold_rounds)
 
 
 @pytest.mark.parametrize("fmt", list(bench.FORMATS))
