@@ -226,7 +226,8 @@ def main(argv: Optional[List[str]] = None, prog: str = "sparsekit bench") -> int
     Example:
         >>> from sparsekit import bench
         >>> bench.main(["--shapes", "16x8", "--batches", "1", "--sparsities", "0.9", "--formats", "csr",
-        ...             "--no-rss", "--no-bandwidth", "--no-cold", "--budget", "0.001", "--out", "skb"])  # doctest: +ELLIPSIS
+        ...             "--no-rss", "--no-bandwidth", "--no-cold", "--budget", "0.001",
+        ...             "--out", "skb"])  # doctest: +ELLIPSIS
         sparsekit bench: ...
         grid: 1 points x 4 contenders
         ...

@@ -94,7 +94,8 @@ def bandwidth_plot(bw: List[dict], out_dir: str) -> str:
     Example:
         >>> from sparsekit.bench import bandwidth_plot
         >>> bw = [{"shape": [8, 8], "format": "csr", "sparsity": 0.9, "simd": "scalar", "threads": 1,
-        ...        "cache": c, "stream_GBps": s, "kernel_GBps": k} for c, s, k in (("hot", 9.0, 3.0), ("cold", 5.0, 4.0))]
+        ...        "cache": c, "stream_GBps": s, "kernel_GBps": k}
+        ...       for c, s, k in (("hot", 9.0, 3.0), ("cold", 5.0, 4.0))]
         >>> bandwidth_plot(bw, ".")
         './bench_bandwidth.png'
     """
