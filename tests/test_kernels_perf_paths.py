@@ -10,6 +10,12 @@ bitwise identical across thread counts. Paths (csrc/kernels/spmm_impl.h):
 * batch > 1: transposed packing of x, the row-chunked result buffer transposed into
   y (linear) or copied (matmul), tiles cut short at the end of the batch, chunks cut
   at 256 rows, the vectorised bias/ReLU/GELU epilogue with tails;
+* batch > 1, r x 1 blocks (CSR included): the K-blocked kernel (block columns in
+  K-blocks of 128, partial sums kept between K-blocks, empty K-blocks skipped), with
+  1, 2 or 4 vectors per panel row chosen by the batch (thresholds at W and 2W vectors,
+  W = 8 or 16), two block rows interleaved when a block row alone has too few
+  accumulators (and the odd one left over), x used in place as panels for the matmul
+  layout when the batch is a multiple of the panel width;
 * the streaming-read reference used by the benchmarks.
 """
 
@@ -20,6 +26,8 @@ import math
 import numpy as np
 import pytest
 import scipy.special
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sparsekit
 from sparsekit import SparseMatrix
@@ -155,3 +163,80 @@ def test_stream_read_sums(rng, simd, threads, n):
     a = rng.standard_normal(n).astype(np.float32)
     got = _core.stream_read(a, threads)
     assert got == pytest.approx(float(a.astype(np.float64).sum()), abs=1e-3 * max(1.0, math.sqrt(n)))
+
+
+TALL = [(1, 1), (2, 1), (4, 1), (8, 1), (16, 1)]
+
+
+def kblock_weight(rng, rows, cols, block, density):
+    """Blocky weight whose block rows also include ones stored only in the first or
+    only in the last K-block of 128 block columns, and empty block rows."""
+    w = blocky(rng, rows, cols, block, density)
+    r = block[0]
+    nbr = -(-rows // r)
+    for b in range(0, nbr, 5):
+        w[b * r:(b + 1) * r] = 0
+        if b % 3 == 1:
+            w[b * r:(b + 1) * r, : min(cols, 100)] = rng.standard_normal((min(r, rows - b * r), min(cols, 100)))
+        elif b % 3 == 2:
+            w[b * r:(b + 1) * r, max(0, cols - 40):] = rng.standard_normal((min(r, rows - b * r), min(cols, 40)))
+    return w
+
+
+def check_linear_and_matmul(x, m, w):
+    check(run_both(x, m), *reference(x, w))
+    xt = np.ascontiguousarray(x.T)
+    y1 = sparsekit.matmul(m, xt, threads=1)
+    y2 = sparsekit.matmul(m, xt, threads=2)
+    assert np.array_equal(y1.view(np.uint32), y2.view(np.uint32)), "thread counts differ bitwise"
+    ref, tol = reference(x, w)
+    check(y1.T, ref, tol)
+
+
+@pytest.mark.parametrize("block", TALL, ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("batch", [2, 8, 9, 16, 17, 24, 32, 33, 48, 64, 65, 128, 130])
+def test_kblocked_panels_across_kblocks_and_widths(rng, simd, block, batch):
+    # 300 columns: K-blocks of 128, 128 and 44 columns; 67 rows: odd block-row counts.
+    w = kblock_weight(rng, 67, 300, block, 0.3)
+    m = SparseMatrix.from_dense(w, block=block)
+    x = rng.standard_normal((batch, 300)).astype(np.float32)
+    check_linear_and_matmul(x, m, w)
+
+
+@pytest.mark.parametrize("block", TALL, ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("cols", [1, 127, 128, 129, 256, 257])
+@pytest.mark.parametrize("index_dtype", ["uint16", "int32"])
+def test_kblocked_panels_kblock_edges(rng, simd, block, cols, index_dtype):
+    w = kblock_weight(rng, 45, cols, block, 0.5)
+    m = SparseMatrix.from_dense(w, block=block, index_dtype=index_dtype)
+    x = rng.standard_normal((40, cols)).astype(np.float32)
+    check_linear_and_matmul(x, m, w)
+
+
+@pytest.mark.parametrize("act", [None, "relu", "gelu"])
+def test_kblocked_panels_many_chunks_with_bias(rng, simd, act):
+    # 1000 rows x 700 columns at 50%: several 128-row chunks and six K-blocks.
+    w = blocky(rng, 1000, 700, (1, 1), 0.5)
+    m = SparseMatrix.from_dense(w)
+    x = rng.standard_normal((70, 700)).astype(np.float32)
+    bias = rng.standard_normal(1000).astype(np.float32)
+    check(run_both(x, m, bias=bias, activation=act), *reference(x, w, bias, act))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 150),
+    cols=st.sampled_from([3, 64, 127, 128, 129, 200, 255, 256, 257, 400]),
+    density=st.floats(0.0, 1.0),
+    block=st.sampled_from(TALL),
+    batch=st.sampled_from([2, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 96, 129]),
+    level=st.sampled_from(sparsekit.cpu_info()["simd_available"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_kblocked_panels_property(rows, cols, density, block, batch, level, seed):
+    rng = np.random.default_rng(seed)
+    w = kblock_weight(rng, rows, cols, block, density)
+    m = SparseMatrix.from_dense(w, block=block)
+    x = rng.standard_normal((batch, cols)).astype(np.float32)
+    with sparsekit.use_simd(level):
+        check_linear_and_matmul(x, m, w)

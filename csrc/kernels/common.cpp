@@ -53,6 +53,16 @@ float* scratch(std::size_t floats, int slot) {
   return buf.data() + skip;
 }
 
+int64_t* scratch_index(std::size_t count) {
+  thread_local std::vector<int64_t> buf;
+  if (buf.size() < count) {
+    buf.clear();
+    buf.shrink_to_fit();
+    buf.resize(count);
+  }
+  return buf.data();
+}
+
 int threads_for(int64_t fmas, int requested) {
   if (requested <= 1) return 1;
   // A second thread pays off from about 16k multiply-adds each. Measured on the 2-core

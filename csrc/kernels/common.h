@@ -23,6 +23,8 @@ int64_t chunk_end(const int64_t* indptr, int64_t start, int64_t end, int64_t blo
 // only where the caller writes zeros. Never shared between threads. `slot` (0 or
 // 1) picks one of two independent buffers (e.g. packed panels and a result tile).
 float* scratch(std::size_t floats, int slot = 0);
+// Per-thread scratch of int64 (same lifetime rules as scratch), e.g. per-row offsets.
+int64_t* scratch_index(std::size_t count);
 
 // Threads worth using for `fmas` multiply-adds, at most `requested`.
 int threads_for(int64_t fmas, int requested);

@@ -21,12 +21,15 @@
 //    64 KiB of values, each chunk against every panel tile, so a chunk's values are
 //    read from memory once. Results go to a small row-major buffer, which for the
 //    linear layout is transposed into y with the same register transpose, and the
-//    bias/activation epilogue runs vectorised on contiguous output.
+//    bias/activation epilogue runs vectorised on contiguous output. For r x 1 blocks
+//    (CSR included) the columns are also cut into K-blocks whose panel slice stays in
+//    L1 (run_panels_kblocked); partial sums wait in the result buffer between them.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -293,7 +296,6 @@ void spmv_block_rows(const BsrView& w, const I* idx, const float* x, float* y, i
   }
 }
 
-#undef SK_ROW_KERNEL
 // --------------------------------------------------------------- batch > 1
 
 // Vectors per panel row and independent accumulator sets: R * NV * SETS >= 8
@@ -352,6 +354,98 @@ void panel_block_rows(const BsrView& w, const I* idx, const float* panel, int64_
       }
   }
 }
+
+// ---- batch > 1, r x 1 blocks (CSR included): K-blocked panels
+//
+// A panel tile's rows for all columns (cols * NB * 4 bytes) do not fit in L1, and a
+// CSR value touches NB * 4 bytes of them at a random column: read from L2, that is the
+// bound. So the columns are cut into K-blocks of kKBlock block columns whose panel
+// slice stays in L1, and every row of a chunk runs its stored blocks in one K-block
+// before the next K-block starts; a row's partial sums wait in the result buffer
+// between K-blocks. Each row still adds its stored blocks in index order into one
+// accumulator per output, so the result does not depend on chunks or threads.
+constexpr int kKBlockShift = 7;  // 128 block columns per K-block
+constexpr int64_t kKBlock = int64_t{1} << kKBlockShift;
+
+// seg[(b - b0) * (nkb + 1) + j] = first stored block of block row b whose column is
+// in K-block j or later (j = 0..nkb; the last entry is the row's end). Branch-free:
+// each block writes its K-block's end, then a running max fills empty K-blocks.
+template <class I>
+void kblock_starts(const int64_t* indptr, const I* idx, int64_t b0, int64_t b1, int nkb, int64_t* seg) {
+  for (int64_t b = b0; b < b1; ++b) {
+    int64_t* s = seg + (b - b0) * (nkb + 1);
+    const int64_t kb = indptr[b], ke = indptr[b + 1];
+    for (int j = 0; j <= nkb; ++j) s[j] = kb;
+    for (int64_t k = kb; k < ke; ++k) s[(static_cast<int64_t>(idx[k]) >> kKBlockShift) + 1] = k + 1;
+    for (int j = 1; j <= nkb; ++j) s[j] = std::max(s[j], s[j - 1]);
+  }
+}
+
+// Accumulator registers per vector width: R * NV (times the rows interleaved) stay
+// within them, leaving registers for the panel loads and broadcasts.
+constexpr int kAccRegs = W >= 16 ? 16 : 8;
+// Most vectors per panel row for r x 1 blocks (1, 2 or 4); fewer when the batch is small.
+constexpr int kblock_max_vectors(int r) {
+  return r == 1 ? 4 : (kAccRegs / r >= 4 ? 4 : (kAccRegs / r >= 2 ? 2 : 1));
+}
+// Block rows run side by side, so that each K-block segment keeps >= 8 FMA chains busy.
+constexpr int kblock_interleave(int r, int nv) { return r * nv >= 8 ? 1 : 2; }
+
+// S block rows of R x 1 blocks, one K-block each: acc[s] += their stored blocks
+// [k[s], e[s]), in index order per row; panel row i at panel + i * ldp.
+template <class I, int R, int NV, int S>
+SK_ROW_KERNEL void kblock_segments(const float* vals, const I* idx, const float* panel, int64_t ldp,
+                                   const int64_t* k, const int64_t* e, V (&acc)[S][R][NV]) {
+  auto block = [&](int s, int64_t kk) {
+    const float* xr = panel + static_cast<int64_t>(idx[kk]) * ldp;
+    V xv[NV];
+    for (int u = 0; u < NV; ++u) xv[u] = Vec::load(xr + u * W);
+    for (int r = 0; r < R; ++r) {
+      const V sv = Vec::set1(vals[kk * R + r]);
+      for (int u = 0; u < NV; ++u) acc[s][r][u] = Vec::fmadd(sv, xv[u], acc[s][r][u]);
+    }
+  };
+  int64_t common = e[0] - k[0];
+  for (int s = 1; s < S; ++s) common = std::min(common, e[s] - k[s]);
+  for (int64_t t = 0; t < common; ++t)
+    for (int s = 0; s < S; ++s) block(s, k[s] + t);
+  for (int s = 0; s < S; ++s)
+    for (int64_t kk = k[s] + common; kk < e[s]; ++kk) block(s, kk);
+}
+
+// K-block j of block rows [0, nbrows) of a chunk (seg from kblock_starts) against one
+// panel tile; partial sums in res (R * NB floats per block row), started at j = 0.
+template <class I, int R, int NV>
+void kblock_rows(const float* vals, const I* idx, const float* panel, int64_t ldp, const int64_t* seg, int nkb,
+                 int j, int64_t nbrows, float* res) {
+  constexpr int NB = NV * W;
+  constexpr int S = kblock_interleave(R, NV);
+  auto rows = [&](auto s_const, int64_t b) {
+    constexpr int SN = decltype(s_const)::value;
+    int64_t k[SN], e[SN];
+    bool any = j == 0;
+    for (int s = 0; s < SN; ++s) {
+      k[s] = seg[(b + s) * (nkb + 1) + j];
+      e[s] = seg[(b + s) * (nkb + 1) + j + 1];
+      any = any || e[s] > k[s];
+    }
+    if (!any) return;  // nothing stored in this K-block: the partial sums stand
+    V acc[SN][R][NV];
+    for (int s = 0; s < SN; ++s)
+      for (int r = 0; r < R; ++r)
+        for (int u = 0; u < NV; ++u)
+          acc[s][r][u] = j == 0 ? Vec::zero() : Vec::load(res + ((b + s) * R + r) * NB + u * W);
+    kblock_segments<I, R, NV, SN>(vals, idx, panel, ldp, k, e, acc);
+    for (int s = 0; s < SN; ++s)
+      for (int r = 0; r < R; ++r)
+        for (int u = 0; u < NV; ++u) Vec::store(res + ((b + s) * R + r) * NB + u * W, acc[s][r][u]);
+  };
+  int64_t b = 0;
+  for (; b + S <= nbrows; b += S) rows(std::integral_constant<int, S>{}, b);
+  for (; b < nbrows; ++b) rows(std::integral_constant<int, 1>{}, b);
+}
+
+#undef SK_ROW_KERNEL
 
 // Packs vectors [v0, v0 + nv) of x into a panel tile of cols_pad rows x NB.
 template <int NB>
@@ -435,11 +529,42 @@ Panels make_panels(const Problem& p, int64_t cols_pad, int parts) {
   return Panels{buf, NB, stride, ntiles};
 }
 
-// Batch > 1: rows in chunks of about 64 KiB of values (and at most kChunkRows rows),
-// each chunk against every tile, so a chunk's values are read from memory once and
-// from cache for the other tiles.
+// Batch > 1, r x 1 blocks with NV vectors per panel row: rows in chunks of about
+// 64 KiB of values (at most kChunkRows rows); per chunk and panel tile, the K-blocks in
+// order (kblock_rows), then the chunk's results into y.
+template <class I, int R, int NV>
+void run_panels_kblocked(const Problem& p, const I* idx, int parts, const int64_t* bounds) {
+  const BsrView& w = p.w;
+  constexpr int NB = NV * W;
+  const int64_t n = p.n;
+  const Panels panels = make_panels<NB>(p, w.n_block_cols(), parts);
+  const int nkb = static_cast<int>(std::max<int64_t>(1, (w.n_block_cols() + kKBlock - 1) / kKBlock));
+  constexpr int64_t kChunkRows = 128;
+  const int64_t chunk_blocks = std::max<int64_t>(1, 16384 / R);
+  const int64_t chunk_brows = std::max<int64_t>(1, kChunkRows / R);
+  parallel_parts(parts, [&](int t) {
+    float* res = detail::scratch(static_cast<size_t>(chunk_brows * R * NB), 1);
+    int64_t* seg = detail::scratch_index(static_cast<size_t>(chunk_brows * (nkb + 1)));
+    for (int64_t s = bounds[t]; s < bounds[t + 1];) {
+      const int64_t e = std::min(detail::chunk_end(w.indptr, s, bounds[t + 1], chunk_blocks), s + chunk_brows);
+      const int64_t row0 = s * R, nrows = std::min<int64_t>(w.rows, e * R) - row0;
+      kblock_starts<I>(w.indptr, idx, s, e, nkb, seg);
+      const float* vals = w.values;
+      for (int64_t tile = 0; tile < panels.tiles; ++tile) {
+        const float* panel = panels.data + tile * panels.stride;
+        for (int j = 0; j < nkb; ++j) kblock_rows<I, R, NV>(vals, idx, panel, panels.ld, seg, nkb, j, e - s, res);
+        store_chunk<NB>(p, res, row0, nrows, tile * NB, static_cast<int>(std::min<int64_t>(NB, n - tile * NB)));
+      }
+      s = e;
+    }
+  });
+}
+
+// Batch > 1, blocks wider than one column: rows in chunks of about 64 KiB of values
+// (and at most kChunkRows rows), each chunk against every tile, so a chunk's values are
+// read from memory once and from cache for the other tiles.
 template <class I, int R, int C>
-void run_panels(const Problem& p, const I* idx, int parts, const int64_t* bounds) {
+void run_panels_wide(const Problem& p, const I* idx, int parts, const int64_t* bounds) {
   const BsrView& w = p.w;
   const int bc = C > 0 ? C : w.bc;
   constexpr int NV = panel_vectors(R);
@@ -461,6 +586,22 @@ void run_panels(const Problem& p, const I* idx, int parts, const int64_t* bounds
       s = e;
     }
   });
+}
+
+// Batch > 1, the one place that picks the panel kernel: r x 1 blocks (CSR included)
+// run K-blocked with as many vectors per panel row (1, 2 or 4 registers) as the batch
+// fills; wider blocks run run_panels_wide.
+template <class I, int R, int C>
+void run_panels(const Problem& p, const I* idx, int parts, const int64_t* bounds) {
+  if constexpr (C == 1) {
+    constexpr int NVM = kblock_max_vectors(R);
+    const int64_t regs = (p.n + W - 1) / W;
+    if (NVM >= 4 && regs > 2) run_panels_kblocked<I, R, NVM >= 4 ? 4 : 1>(p, idx, parts, bounds);
+    else if (NVM >= 2 && regs > 1) run_panels_kblocked<I, R, NVM >= 2 ? 2 : 1>(p, idx, parts, bounds);
+    else run_panels_kblocked<I, R, 1>(p, idx, parts, bounds);
+  } else {
+    run_panels_wide<I, R, C>(p, idx, parts, bounds);
+  }
 }
 
 // One product with R x C blocks (C = 0: the width w.bc, known at run time) and
