@@ -368,6 +368,41 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="keyword arguments for the factory, as a JSON object")
 
 
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``sparsekit prune``."""
+    _add_model_args(p)
+    p.add_argument("--sparsity", type=_sparsity, required=True, metavar="S",
+                   help="fraction of weights (or blocks, channels) to remove, in [0, 1)")
+    p.add_argument("--granularity", type=_granularity, default="unstructured",
+                   help="unstructured (default), channels, inputs, a block RxC (4x1) or N:M (2:4)")
+    p.add_argument("--method", choices=["magnitude", "random", "l1", "l2", *CALIBRATED], default="magnitude",
+                   help="importance criterion (default magnitude; l1/l2: norm of each row, block or group; "
+                        "wanda, sparsegpt: from the layer inputs on calibration data)")
+    p.add_argument("--scope", choices=["layer", "global"], default="layer",
+                   help="each layer to the target (default) or one ranking across layers")
+    p.add_argument("--exclude", action="append", metavar="PATTERN",
+                   help="layer name pattern to leave dense (fnmatch; repeatable)")
+    p.add_argument("--seed", type=_positive_int, default=0, help="seed of --method random (default 0)")
+    g = p.add_argument_group("calibration and distillation (safetensors models with --factory)")
+    g.add_argument("--data", metavar="FILE",
+                   help="inputs: a text file, one sentence per line (models that tokenize, such as "
+                        "sentence-transformers), or a .pt file (torch.save) of a tensor, a dict of tensors or a "
+                        "list of batches")
+    g.add_argument("--calibration", metavar="FILE",
+                   help="calibration inputs of --method wanda / sparsegpt, same formats as --data "
+                        "(default: the first 8 batches of --data)")
+    g.add_argument("--distill", type=_positive_int, default=0, metavar="STEPS",
+                   help="prune gradually over STEPS optimizer steps while distilling from the teacher on --data")
+    g.add_argument("--teacher", metavar="FILE",
+                   help="dense reference for --distill (TorchScript, or safetensors for the same --factory); "
+                        "default: a dense copy of MODEL")
+    g.add_argument("--one-shot", action="store_true",
+                   help="with --distill: prune once with --method, then distil with those masks fixed")
+    g.add_argument("--lr", type=float, default=5e-5, metavar="LR", help="learning rate of --distill (default 5e-5)")
+    g.add_argument("--batch-size", type=_batch_size, default=16, metavar="N",
+                   help="rows per batch cut from --data / --calibration (default 16)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``sparsekit`` command (``bench`` takes its options from ``sparsekit.bench``)."""
     from sparsekit import __version__
@@ -401,37 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "its dense self (--distill) - write the pruned model and print the sparsity "
                                    "report.",
                        epilog=cli_help.PRUNE_EPILOG, formatter_class=fmt)
-    _add_model_args(p)
-    p.add_argument("--sparsity", type=_sparsity, required=True, metavar="S",
-                   help="fraction of weights (or blocks, channels) to remove, in [0, 1)")
-    p.add_argument("--granularity", type=_granularity, default="unstructured",
-                   help="unstructured (default), channels, inputs, a block RxC (4x1) or N:M (2:4)")
-    p.add_argument("--method", choices=["magnitude", "random", "l1", "l2", *CALIBRATED], default="magnitude",
-                   help="importance criterion (default magnitude; l1/l2: norm of each row, block or group; "
-                        "wanda, sparsegpt: from the layer inputs on calibration data)")
-    p.add_argument("--scope", choices=["layer", "global"], default="layer",
-                   help="each layer to the target (default) or one ranking across layers")
-    p.add_argument("--exclude", action="append", metavar="PATTERN",
-                   help="layer name pattern to leave dense (fnmatch; repeatable)")
-    p.add_argument("--seed", type=_positive_int, default=0, help="seed of --method random (default 0)")
-    g = p.add_argument_group("calibration and distillation (safetensors models with --factory)")
-    g.add_argument("--data", metavar="FILE",
-                   help="inputs: a text file, one sentence per line (models that tokenize, such as "
-                        "sentence-transformers), or a .pt file (torch.save) of a tensor, a dict of tensors or a "
-                        "list of batches")
-    g.add_argument("--calibration", metavar="FILE",
-                   help="calibration inputs of --method wanda / sparsegpt, same formats as --data "
-                        "(default: the first 8 batches of --data)")
-    g.add_argument("--distill", type=_positive_int, default=0, metavar="STEPS",
-                   help="prune gradually over STEPS optimizer steps while distilling from the teacher on --data")
-    g.add_argument("--teacher", metavar="FILE",
-                   help="dense reference for --distill (TorchScript, or safetensors for the same --factory); "
-                        "default: a dense copy of MODEL")
-    g.add_argument("--one-shot", action="store_true",
-                   help="with --distill: prune once with --method, then distil with those masks fixed")
-    g.add_argument("--lr", type=float, default=5e-5, metavar="LR", help="learning rate of --distill (default 5e-5)")
-    g.add_argument("--batch-size", type=_batch_size, default=16, metavar="N",
-                   help="rows per batch cut from --data / --calibration (default 16)")
+    _add_prune_args(p)
     p.set_defaults(func=_cmd_prune)
 
     p = sub.add_parser("convert", help="convert a pruned model to sparsekit's sparse format",

@@ -288,6 +288,8 @@ def _progress_bar(steps: int, progress: bool) -> Any:
     return tqdm(total=steps, desc="distill", leave=False)
 
 
+# Long mostly by its docstring (every argument and error); the body validates the arguments, builds the
+# loop's parts and runs the steps, each a few lines, with the per-step work in _Loop.
 def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any], *, steps: int, pruner: Optional[Any] = None,
             optimizer: Optional[torch.optim.Optimizer] = None, loss: Union[None, Term, Sequence[Term]] = None,
             lr: float = DEFAULT_LR, weight_decay: float = 0.01, accumulate: int = 1,
