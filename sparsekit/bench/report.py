@@ -158,7 +158,7 @@ def cache_note(cold: dict) -> str:
 
 def _header(result: dict) -> List[str]:
     m = result["machine"]
-    return [f"# sparsekit benchmark report\n",
+    return ["# sparsekit benchmark report\n",
             f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, SIMD available {', '.join(m['simd_available'])}; "
             f"grid run at **{result['simd']}** with **{result['threads']} threads** (sparsekit and torch); "
             f"torch {m['torch']}, numpy {m['numpy']}, Python {m['python']}. Load average at start: "

@@ -14,42 +14,11 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 from torch import Tensor, nn
 
+from sparsekit.prune.calibration import call_model  # the one calling rule, re-exported here
+
 __all__ = ["call_model", "move_batch", "split_labels", "text_batches", "LabelKey"]
 
 LabelKey = Union[int, str]
-
-
-def _shallow_copy(item: Any) -> Any:
-    # sentence-transformers writes its outputs into the features dict it was given;
-    # a copy keeps the batch unchanged for the next model (the teacher) and the next pass.
-    return dict(item) if isinstance(item, Mapping) else item
-
-
-def call_model(model: Callable[..., Any], batch: Any) -> Any:
-    """Call ``model`` on ``batch`` by the calling rule (tensor / tuple or list / dict).
-
-    Dicts, at the top level or as tuple items, are passed as shallow copies, so a
-    model that writes into its input dict leaves the batch as it was.
-
-    Example:
-        >>> import torch
-        >>> from sparsekit.distill import call_model
-        >>> add = lambda a, b=0: a + b
-        >>> call_model(add, torch.ones(2)).tolist(), call_model(add, (torch.ones(2), 1)).tolist()
-        ([1.0, 1.0], [2.0, 2.0])
-        >>> call_model(add, {"a": torch.ones(1), "b": 2}).tolist()
-        [3.0]
-    """
-    if isinstance(batch, Tensor):
-        return model(batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*[_shallow_copy(b) for b in batch])
-    if isinstance(batch, Mapping):
-        return model(**dict(batch))
-    raise TypeError(
-        f"a batch must be a tensor, a tuple/list of model arguments or a dict of keyword arguments; "
-        f"got {type(batch).__name__} (for a model whose forward takes one dict, pass 1-tuples (features,))"
-    )
 
 
 def move_batch(batch: Any, device: Optional[torch.device]) -> Any:

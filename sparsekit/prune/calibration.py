@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +38,20 @@ __all__ = ["call_model", "as_calibration_items", "conv_patches", "layer_input_ro
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def call_model(model: nn.Module, item: Any) -> Any:
-    """Run ``model`` on one calibration item by the calling rule.
+def _shallow_copy(item: Any) -> Any:
+    # sentence-transformers writes its outputs into the features dict it was given;
+    # a copy keeps the batch unchanged for the next model (a teacher) and the next pass.
+    return dict(item) if isinstance(item, Mapping) else item
+
+
+def call_model(model: Callable[..., Any], item: Any) -> Any:
+    """Run ``model`` on one batch by the calling rule shared by calibration and :func:`sparsekit.distill`.
 
     A tensor ``x`` -> ``model(x)``; a tuple or list -> ``model(*item)``; a
     mapping -> ``model(**item)``.  A model whose forward takes one dict
     (sentence-transformers) gets its batches as 1-tuples ``(features,)``.
+    Dicts, at the top level or as tuple items, are passed as shallow copies, so a
+    model that writes into its input dict leaves the batch as it was.
 
     Example:
         >>> import torch
@@ -51,16 +59,19 @@ def call_model(model: nn.Module, item: Any) -> Any:
         >>> layer = torch.nn.Bilinear(2, 3, 1)
         >>> call_model(layer, (torch.ones(4, 2), torch.ones(4, 3))).shape
         torch.Size([4, 1])
+        >>> add = lambda a, b=0: a + b
+        >>> call_model(add, {"a": torch.ones(1), "b": 2}).tolist()
+        [3.0]
     """
     if isinstance(item, Tensor):
         return model(item)
     if isinstance(item, (tuple, list)):
-        return model(*item)
+        return model(*[_shallow_copy(b) for b in item])
     if isinstance(item, Mapping):
-        return model(**item)
+        return model(**dict(item))
     raise TypeError(
-        "each calibration item must be a tensor (model(x)), a tuple or list (model(*items)) or a dict "
-        f"(model(**d)); got {type(item).__name__}"
+        "each batch (calibration item) must be a tensor (model(x)), a tuple or list (model(*items)) or a dict (model(**d)); "
+        f"got {type(item).__name__} (for a model whose forward takes one dict, pass 1-tuples (features,))"
     )
 
 
