@@ -13,7 +13,7 @@ from torch.nn.utils import prune as torch_prune
 
 import sparsekit
 from sparsekit.convert import ConversionReport, clear_timing_cache, convert
-from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear
+from sparsekit.nn import SparseConv1d, SparseLinear
 
 EPS32 = float(np.finfo(np.float32).eps)
 FAST = dict(time_budget_s=0.004)  # keep "auto" timings short in tests
