@@ -36,13 +36,6 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, CLIError.exit_code, UsageError.exit_code
 BENCH_PROG = "sparsekit bench"
 
 
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are a single line (no usage dump) and exit with 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
 # --------------------------------------------------------------------------- argument types
 def _sparsity(text: str) -> float:
     try:
@@ -408,10 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsekit import __version__
 
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = _Parser(prog="sparsekit", formatter_class=fmt, epilog=cli_help.MAIN_EPILOG,
+    parser = cli_help.OneLineParser(prog="sparsekit", formatter_class=fmt, epilog=cli_help.MAIN_EPILOG,
                      description="Prune PyTorch models, store the weights sparse and run them fast on CPUs.")
     parser.add_argument("--version", action="version", version=f"sparsekit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=cli_help.OneLineParser)
 
     p = sub.add_parser("info", help="show version, SIMD level, OpenMP runtime and threads",
                        description="Show sparsekit's version, the SIMD level in use and available, the OpenMP "

@@ -1,4 +1,5 @@
-"""Help texts of the ``sparsekit`` command line: the epilogs under each ``--help``.
+"""Help texts and usage conventions of the ``sparsekit`` command line: the epilogs under
+each ``--help``, and :class:`OneLineParser`, whose usage errors are one line.
 
 Example:
     >>> from sparsekit import cli_help
@@ -6,8 +7,31 @@ Example:
     'MODEL is either a TorchScript file (torch.jit.save) or a safetensors state_dict'
 """
 
-__all__ = ["EXIT_NOTE", "MAIN_EPILOG", "INFO_EPILOG", "DEMO_EPILOG", "MODEL_HELP", "PRUNE_EPILOG",
+import argparse
+
+__all__ = ["OneLineParser", "EXIT_NOTE", "MAIN_EPILOG", "INFO_EPILOG", "DEMO_EPILOG", "MODEL_HELP", "PRUNE_EPILOG",
            "CONVERT_EPILOG"]
+
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are a single line (no usage dump), exit status 2.
+
+    Every ``sparsekit`` subcommand parser is one, ``sparsekit bench``'s included.
+
+    Example:
+        >>> from sparsekit.cli_help import OneLineParser
+        >>> p = OneLineParser(prog="demo"); _ = p.add_argument("--n", type=int)
+        >>> try:
+        ...     p.parse_args(["--n", "x"])
+        ... except SystemExit as e:
+        ...     e.code
+        2
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
 
 EXIT_NOTE = "exit status: 0 success, 1 failure (e.g. a model that cannot be loaded), 2 usage error"
 

@@ -22,6 +22,7 @@ from sparsekit.bench.cache import evictor
 from sparsekit.bench.measure import COLD_ROUNDS, LOAD
 from sparsekit.bench.plots import plots
 from sparsekit.bench.report import render
+from sparsekit.cli_help import EXIT_NOTE, OneLineParser
 from sparsekit.bench.sections import bandwidth, break_even, machine_info, memory_table, peak_rss, run_grid
 
 DESCRIPTION = "Benchmark report: sparsekit against torch dense, torch CSR and scipy CSR, side by side."
@@ -38,7 +39,8 @@ examples:
   {prog} --quick                         # a few minutes
   {prog} --full --out bench-report       # tens of minutes
   {prog} --shapes 2048x2048 --batches 1 --sparsities 0.9 --no-rss
-"""
+
+""" + EXIT_NOTE
 
 
 def _shapes(s: str) -> List[Tuple[int, int]]:
@@ -58,7 +60,7 @@ def build_parser(prog: str = "sparsekit bench") -> argparse.ArgumentParser:
         >>> args.shapes, args.budget, args.quick
         ('64x48', 0.01, False)
     """
-    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG.format(prog=prog),
+    p = OneLineParser(prog=prog, description=DESCRIPTION, epilog=EPILOG.format(prog=prog),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small grid (default): 768x768 and 4096x4096, "
