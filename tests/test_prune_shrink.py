@@ -101,3 +101,21 @@ def test_inplace_and_nothing_to_remove_and_never_empty():
     odd = nn.Sequential(nn.Linear(4, 6), nn.Softmax(dim=-1), nn.Linear(6, 2))
     prune(odd, 0.5, granularity="channels", include="0")
     assert shrink(odd)[0].out_features == 6
+
+
+def test_nested_sequentials_are_one_chain():
+    # conv-bn blocks built as Sequential(Sequential(conv, bn, relu), Sequential(conv, bn)), as in ResNet branches
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
+                          nn.Sequential(nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)))
+    with torch.no_grad():
+        bn = model[0][1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.bias.uniform_(0.5, 1.0)  # dead channels would be constants > 0: only unread ones may go
+    prune(model, 3, granularity="inputs", include="1.0")
+    model.eval()
+    x = torch.randn(2, 3, 7, 7)
+    small = shrink(model)
+    assert small[0][0].out_channels == 5 and small[0][1].num_features == 5 and small[1][0].in_channels == 5
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)

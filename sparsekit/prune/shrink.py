@@ -127,8 +127,16 @@ def _shrink_pair(producer: nn.Module, between: List[nn.Module], consumer: nn.Mod
     return int(drop.sum())
 
 
-def _shrink_sequential(seq: nn.Sequential) -> int:
-    mods = list(seq)
+def _chain(seq: nn.Sequential) -> List[nn.Module]:
+    """The modules ``seq`` runs in order, nested ``nn.Sequential``s flattened into one chain
+    (``Sequential(Sequential(conv, bn, relu), Sequential(conv, bn))`` is conv-bn-relu-conv-bn)."""
+    out: List[nn.Module] = []
+    for m in seq:
+        out.extend(_chain(m) if isinstance(m, nn.Sequential) else [m])
+    return out
+
+
+def _shrink_sequential(mods: List[nn.Module]) -> int:
     removed = 0
     for i, p in enumerate(mods):
         kind = _producer_kind(p)
@@ -145,7 +153,7 @@ def _shrink_sequential(seq: nn.Sequential) -> int:
 def shrink(model: nn.Module, *, inputs: bool = False, inplace: bool = False) -> nn.Module:
     """Remove hidden units, output channels (and with ``inputs=True`` input features) that are all zero.
 
-    Inside every ``nn.Sequential``: a Linear (or Conv2d) whose output unit ``j`` has an
+    Inside every ``nn.Sequential`` (nested ones read as one chain): a Linear (or Conv2d) whose output unit ``j`` has an
     all-zero weight row, or whose consumer never reads ``j`` (all-zero column), loses
     unit ``j``; the change propagates through elementwise activations, Dropout and
     BatchNorm1d/2d to the next Linear (Conv2d).  A dead unit with a bias is a
@@ -174,9 +182,11 @@ def shrink(model: nn.Module, *, inputs: bool = False, inplace: bool = False) -> 
     if not inplace:
         model = copy.deepcopy(model)
     make_permanent(model)
+    nested = {id(c) for m in model.modules() if isinstance(m, nn.Sequential)
+              for c in m.children() if isinstance(c, nn.Sequential)}
     for m in list(model.modules()):
-        if isinstance(m, nn.Sequential):
-            _shrink_sequential(m)
+        if isinstance(m, nn.Sequential) and id(m) not in nested:
+            _shrink_sequential(_chain(m))
     if inputs:
         first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
         if first is None or (isinstance(first, nn.Conv2d) and first.groups != 1):
