@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <mutex>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -148,12 +149,21 @@ class Weight {
   sk::Problem problem(sk::Layout layout, int64_t n, int threads) const {
     sk::Problem p;
     p.w = w_;
+    p.w.kstarts = kstarts(n);
     p.layout = layout;
     p.n = n;
     p.bias = bias_ ? bias_->data() : nullptr;
     p.act = act_;
     p.threads = threads;
     return p;
+  }
+
+  // BsrView::kstarts for a product with n vectors: built at the first batch > 1 call
+  // (the arrays are checked by then; batch-1 users never pay for them), then reused.
+  const int32_t* kstarts(int64_t n) const {
+    if (w_.bc != 1 || n <= 1) return nullptr;
+    std::call_once(kstarts_once_, [this] { kstarts_ = sk::kblock_starts(w_); });
+    return kstarts_.empty() ? nullptr : kstarts_.data();
   }
 
   // One thread when n vectors make less than kSmallWork multiply-adds (no overflow).
@@ -167,6 +177,8 @@ class Weight {
   carray<float> values_;
   std::optional<carray<float>> bias_;
   sk::BsrView w_;
+  mutable std::once_flag kstarts_once_;
+  mutable std::vector<int32_t> kstarts_;  // BsrView::kstarts (empty unless bc == 1)
   sk::Activation act_ = sk::Activation::None;
   int64_t work_per_vector_ = 0;
 };

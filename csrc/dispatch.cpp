@@ -121,6 +121,14 @@ int openmp_max_threads() {
 
 static bool valid_block_side(int s) { return s == 1 || s == 2 || s == 4 || s == 8 || s == 16; }
 
+std::vector<int32_t> kblock_starts(const BsrView& w) {
+  std::vector<int32_t> out;
+  if (w.bc != 1 || w.indptr == nullptr || w.n_block_rows() == 0) return out;
+  out.resize(static_cast<size_t>(w.n_block_rows() * (w.n_kblocks() + 1)));
+  detail::kblock_starts(w, 0, w.n_block_rows(), out.data());
+  return out;
+}
+
 void compute(const Problem& p) {
   const BsrView& w = p.w;
   require(w.rows >= 0 && w.cols >= 0, "matrix shape must be non-negative");
@@ -135,7 +143,16 @@ void compute(const Problem& p) {
   const int64_t nb = w.n_blocks();
   require(nb >= 0 && (nb == 0 || (w.indices != nullptr && w.values != nullptr)),
           "indices/values are missing");
-  active().load()->run(p);
+  if (w.bc == 1 && p.n > 1 && w.kstarts == nullptr) {
+    // The batch > 1 kernels for bc == 1 need BsrView::kstarts: build them for this call
+    // (a Weight builds them once).
+    const std::vector<int32_t> kstarts = kblock_starts(w);
+    Problem q = p;
+    q.w.kstarts = kstarts.data();
+    active().load()->run(q);
+  } else {
+    active().load()->run(p);
+  }
   detail::propagate_nonfinite(p);
 }
 

@@ -53,14 +53,25 @@ float* scratch(std::size_t floats, int slot) {
   return buf.data() + skip;
 }
 
-int64_t* scratch_index(std::size_t count) {
-  thread_local std::vector<int64_t> buf;
-  if (buf.size() < count) {
-    buf.clear();
-    buf.shrink_to_fit();
-    buf.resize(count);
+template <class I>
+static void kblock_starts_typed(const BsrView& w, const I* idx, int64_t b0, int64_t b1, int32_t* out) {
+  const int nkb = static_cast<int>(w.n_kblocks());
+  for (int64_t b = b0; b < b1; ++b) {
+    int32_t* s = out + (b - b0) * (nkb + 1);
+    const int64_t kb = w.indptr[b], ke = w.indptr[b + 1];
+    // Branch-free: each stored block writes its K-block's end; a running max then
+    // fills the K-blocks that store nothing.
+    for (int j = 0; j <= nkb; ++j) s[j] = 0;
+    for (int64_t k = kb; k < ke; ++k)  // (min: a bad index must not write out of bounds)
+      s[std::min<int64_t>(static_cast<int64_t>(idx[k]) >> BsrView::kKBlockShift, nkb - 1) + 1] =
+          static_cast<int32_t>(k + 1 - kb);
+    for (int j = 1; j <= nkb; ++j) s[j] = std::max(s[j], s[j - 1]);
   }
-  return buf.data();
+}
+
+void kblock_starts(const BsrView& w, int64_t b0, int64_t b1, int32_t* out) {
+  if (w.index_bytes == 2) kblock_starts_typed(w, static_cast<const uint16_t*>(w.indices), b0, b1, out);
+  else kblock_starts_typed(w, static_cast<const int32_t*>(w.indices), b0, b1, out);
 }
 
 int threads_for(int64_t fmas, int requested) {

@@ -23,8 +23,9 @@ int64_t chunk_end(const int64_t* indptr, int64_t start, int64_t end, int64_t blo
 // only where the caller writes zeros. Never shared between threads. `slot` (0 or
 // 1) picks one of two independent buffers (e.g. packed panels and a result tile).
 float* scratch(std::size_t floats, int slot = 0);
-// Per-thread scratch of int64 (same lifetime rules as scratch), e.g. per-row offsets.
-int64_t* scratch_index(std::size_t count);
+// BsrView::kstarts for block rows [b0, b1) of w (bc == 1) into out, n_kblocks() + 1
+// entries per block row.
+void kblock_starts(const BsrView& w, int64_t b0, int64_t b1, int32_t* out);
 
 // Threads worth using for `fmas` multiply-adds, at most `requested`.
 int threads_for(int64_t fmas, int requested);

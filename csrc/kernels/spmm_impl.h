@@ -359,28 +359,11 @@ void panel_block_rows(const BsrView& w, const I* idx, const float* panel, int64_
 //
 // A panel tile's rows for all columns (cols * NB * 4 bytes) do not fit in L1, and a
 // CSR value touches NB * 4 bytes of them at a random column: read from L2, that is the
-// bound. So the columns are cut into K-blocks of kKBlock block columns whose panel
+// bound. So the columns are cut into K-blocks of BsrView::kKBlockCols (128) block columns whose panel
 // slice stays in L1, and every row of a chunk runs its stored blocks in one K-block
 // before the next K-block starts; a row's partial sums wait in the result buffer
 // between K-blocks. Each row still adds its stored blocks in index order into one
 // accumulator per output, so the result does not depend on chunks or threads.
-constexpr int kKBlockShift = 7;  // 128 block columns per K-block
-constexpr int64_t kKBlock = int64_t{1} << kKBlockShift;
-
-// seg[(b - b0) * (nkb + 1) + j] = first stored block of block row b whose column is
-// in K-block j or later (j = 0..nkb; the last entry is the row's end). Branch-free:
-// each block writes its K-block's end, then a running max fills empty K-blocks.
-template <class I>
-void kblock_starts(const int64_t* indptr, const I* idx, int64_t b0, int64_t b1, int nkb, int64_t* seg) {
-  for (int64_t b = b0; b < b1; ++b) {
-    int64_t* s = seg + (b - b0) * (nkb + 1);
-    const int64_t kb = indptr[b], ke = indptr[b + 1];
-    for (int j = 0; j <= nkb; ++j) s[j] = kb;
-    for (int64_t k = kb; k < ke; ++k) s[(static_cast<int64_t>(idx[k]) >> kKBlockShift) + 1] = k + 1;
-    for (int j = 1; j <= nkb; ++j) s[j] = std::max(s[j], s[j - 1]);
-  }
-}
-
 // Accumulator registers per vector width: R * NV (times the rows interleaved) stay
 // within them, leaving registers for the panel loads and broadcasts.
 constexpr int kAccRegs = W >= 16 ? 16 : 8;
@@ -413,11 +396,12 @@ SK_ROW_KERNEL void kblock_segments(const float* vals, const I* idx, const float*
     for (int64_t kk = k[s] + common; kk < e[s]; ++kk) block(s, kk);
 }
 
-// K-block j of block rows [0, nbrows) of a chunk (seg from kblock_starts) against one
-// panel tile; partial sums in res (R * NB floats per block row), started at j = 0.
+// K-block j of block rows [0, nbrows) of a chunk (indptr and seg, as BsrView::kstarts,
+// from the chunk's first block row) against one panel tile; partial sums in res
+// (R * NB floats per block row), started at j = 0.
 template <class I, int R, int NV>
-void kblock_rows(const float* vals, const I* idx, const float* panel, int64_t ldp, const int64_t* seg, int nkb,
-                 int j, int64_t nbrows, float* res) {
+void kblock_rows(const float* vals, const I* idx, const float* panel, int64_t ldp, const int64_t* indptr,
+                 const int32_t* seg, int nkb, int j, int64_t nbrows, float* res) {
   constexpr int NB = NV * W;
   constexpr int S = kblock_interleave(R, NV);
   auto rows = [&](auto s_const, int64_t b) {
@@ -425,8 +409,8 @@ void kblock_rows(const float* vals, const I* idx, const float* panel, int64_t ld
     int64_t k[SN], e[SN];
     bool any = j == 0;
     for (int s = 0; s < SN; ++s) {
-      k[s] = seg[(b + s) * (nkb + 1) + j];
-      e[s] = seg[(b + s) * (nkb + 1) + j + 1];
+      k[s] = indptr[b + s] + seg[(b + s) * (nkb + 1) + j];
+      e[s] = indptr[b + s] + seg[(b + s) * (nkb + 1) + j + 1];
       any = any || e[s] > k[s];
     }
     if (!any) return;  // nothing stored in this K-block: the partial sums stand
@@ -538,21 +522,20 @@ void run_panels_kblocked(const Problem& p, const I* idx, int parts, const int64_
   constexpr int NB = NV * W;
   const int64_t n = p.n;
   const Panels panels = make_panels<NB>(p, w.n_block_cols(), parts);
-  const int nkb = static_cast<int>(std::max<int64_t>(1, (w.n_block_cols() + kKBlock - 1) / kKBlock));
+  const int nkb = static_cast<int>(w.n_kblocks());
   constexpr int64_t kChunkRows = 128;
   const int64_t chunk_blocks = std::max<int64_t>(1, 16384 / R);
   const int64_t chunk_brows = std::max<int64_t>(1, kChunkRows / R);
   parallel_parts(parts, [&](int t) {
     float* res = detail::scratch(static_cast<size_t>(chunk_brows * R * NB), 1);
-    int64_t* seg = detail::scratch_index(static_cast<size_t>(chunk_brows * (nkb + 1)));
     for (int64_t s = bounds[t]; s < bounds[t + 1];) {
       const int64_t e = std::min(detail::chunk_end(w.indptr, s, bounds[t + 1], chunk_blocks), s + chunk_brows);
       const int64_t row0 = s * R, nrows = std::min<int64_t>(w.rows, e * R) - row0;
-      kblock_starts<I>(w.indptr, idx, s, e, nkb, seg);
+      const int32_t* seg = w.kstarts + s * (nkb + 1);  // compute() made sure they exist
       const float* vals = w.values;
       for (int64_t tile = 0; tile < panels.tiles; ++tile) {
         const float* panel = panels.data + tile * panels.stride;
-        for (int j = 0; j < nkb; ++j) kblock_rows<I, R, NV>(vals, idx, panel, panels.ld, seg, nkb, j, e - s, res);
+        for (int j = 0; j < nkb; ++j) kblock_rows<I, R, NV>(vals, idx, panel, panels.ld, w.indptr + s, seg, nkb, j, e - s, res);
         store_chunk<NB>(p, res, row0, nrows, tile * NB, static_cast<int>(std::min<int64_t>(NB, n - tile * NB)));
       }
       s = e;

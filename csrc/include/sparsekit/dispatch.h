@@ -53,6 +53,10 @@ void compute_batch(const Problem& p, int64_t batch, int64_t x_stride, int64_t y_
 // Streaming read of n floats on the current kernel table (benchmark reference).
 float stream_read(const float* p, int64_t n, int threads);
 
+// BsrView::kstarts for all of w's block rows (empty unless w.bc == 1): an owner of a
+// matrix's arrays builds them once so that batch > 1 calls need not. w must be valid.
+std::vector<int32_t> kblock_starts(const BsrView& w);
+
 // Full O(nnz) structural validation of a block-CSR matrix: indptr starts at 0,
 // is non-decreasing and ends at n_blocks; every block column index is in range
 // and strictly increasing within its block row. Throws std::invalid_argument.

@@ -23,9 +23,20 @@ struct BsrView {
   const void* indices = nullptr;    // n_blocks entries, uint16 or int32
   int index_bytes = 4;              // 2 or 4
   const float* values = nullptr;
+  // Optional, for blocks one column wide (bc == 1) at batch > 1: per block row b,
+  // n_kblocks() + 1 offsets from indptr[b] of its first stored block whose block
+  // column is >= j * kKBlockCols (j = 0..n_kblocks(); the last is the row's length).
+  // Built once by kblock_starts (dispatch.h) by whoever keeps the arrays; when null,
+  // compute() builds them for the call.
+  const int32_t* kstarts = nullptr;
+
+  // The batch > 1 kernels for bc == 1 cut the block columns into K-blocks of this many.
+  static constexpr int kKBlockShift = 7;
+  static constexpr int64_t kKBlockCols = int64_t{1} << kKBlockShift;
 
   int64_t n_block_rows() const { return (rows + br - 1) / br; }
   int64_t n_block_cols() const { return (cols + bc - 1) / bc; }
+  int64_t n_kblocks() const { return n_block_cols() > kKBlockCols ? (n_block_cols() + kKBlockCols - 1) / kKBlockCols : 1; }
   int64_t n_blocks() const { return indptr ? indptr[n_block_rows()] : 0; }
 };
 
