@@ -88,6 +88,16 @@ def load_digits(size: int):
     return X[idx_tr], y[idx_tr], X[idx_te], y[idx_te]
 
 
+def shifted_batches(X: torch.Tensor, y: torch.Tensor, batch: int, gen: torch.Generator):
+    """One epoch of shuffled ``(images, labels)`` minibatches, each image batch shifted by a random
+    offset of up to 2 pixels (light augmentation); ``gen`` draws the order and the shifts."""
+    perm = torch.randperm(len(X), generator=gen)
+    for i in range(0, len(X), batch):
+        idx = perm[i:i + batch]
+        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+        yield torch.roll(X[idx], shifts=(dy, dx), dims=(2, 3)), y[idx]
+
+
 def train(model, X, y, epochs: int, lr: float, seed: int = 0, batch: int = 64) -> None:
     if epochs <= 0:
         model.eval()
@@ -98,15 +108,9 @@ def train(model, X, y, epochs: int, lr: float, seed: int = 0, batch: int = 64) -
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=gen)
-        for i in range(0, len(X), batch):
-            idx = perm[i:i + batch]
-            xb = X[idx]
-            # light augmentation: random shifts of up to 2 pixels
-            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+        for xb, yb in shifted_batches(X, y, batch, gen):
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), y[idx]).backward()
+            F.cross_entropy(model(xb), yb).backward()
             opt.step()
             sched.step()
     model.eval()
