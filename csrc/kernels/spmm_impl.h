@@ -111,19 +111,22 @@ inline void finish_scalar_bias(float* y, const float* src, float b, Activation a
 // dst[j * ldd + i] = src[i * lds + j] for i < m, j < n.
 template <class Any = void>
 inline void transpose(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t m, int64_t n) {
-  int64_t i0 = 0;
-  if constexpr (Vec::kTile > 0) {
-    constexpr int T = Vec::kTile;
-    for (; i0 + T <= m; i0 += T) {
-      int64_t j = 0;
-      for (; j + T <= n; j += T) Dep<Any>::Vec::transpose_tile(src + i0 * lds + j, lds, dst + j * ldd + i0, ldd);
-      for (; j < n; ++j)
-        for (int i = 0; i < T; ++i) dst[j * ldd + i0 + i] = src[(i0 + i) * lds + j];
-    }
+  int64_t mt = 0;  // rows done by register transposes
+  if constexpr (Dep<Any>::Vec::kTile > 0) {
+    constexpr int T = Dep<Any>::Vec::kTile;
+    mt = m - m % T;
+    const int64_t nt = n - n % T;
+    // T destination rows at a time, each written front to back: T write streams (the
+    // destination is y, often not in cache) instead of one per destination row.
+    for (int64_t j = 0; j < nt; j += T)
+      for (int64_t i0 = 0; i0 < mt; i0 += T)
+        Dep<Any>::Vec::transpose_tile(src + i0 * lds + j, lds, dst + j * ldd + i0, ldd);
+    for (int64_t j = nt; j < n; ++j)
+      for (int64_t i = 0; i < mt; ++i) dst[j * ldd + i] = src[i * lds + j];
   }
   // Remaining rows (all of them without a register transpose), a few rows at a time
   // so that each source row is read sequentially.
-  for (; i0 < m; i0 += 8) {
+  for (int64_t i0 = mt; i0 < m; i0 += 8) {
     const int64_t i1 = std::min<int64_t>(m, i0 + 8);
     for (int64_t j = 0; j < n; ++j)
       for (int64_t i = i0; i < i1; ++i) dst[j * ldd + i] = src[i * lds + j];
