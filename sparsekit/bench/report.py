@@ -21,17 +21,18 @@ NOTES = """## Reading these numbers
   give the median ratio and beside it the best-of ratio (fastest call of each
   contender). Compare runs only at a similar load average (printed above).
 * **Batch 1, unstructured (CSR).** Each stored value needs one load of a random
-  element of x, so the kernel is bound by load-port throughput (about 4 stored values
-  per ns per core on Zen 4, with scalar-load gathers, which beat `vgatherdps` there),
-  not by bandwidth, while the weights fit in the last-level cache ("hot"). A
+  element of x, so the kernel is bound by load-port throughput (scalar-load gathers,
+  which beat `vgatherdps` on AMD Zen), not by bandwidth, while the weights fit in the
+  last-level cache ("hot"). A
   streaming read of the same bytes moves 64 bytes per load, hence the gap. With the
   weights in DRAM ("cold", the case of a model larger than the cache) the kernel gets
   much closer to the streaming read. Block formats (r x 1, 1 x c) need one x load per
   block and run 2-3x faster at the same sparsity.
 * **Batch > 1.** x is packed into panels (a register transpose) and every stored value
-  becomes a broadcast and 2-4 fused multiply-adds on panel rows; for CSR the panel row
-  (128 bytes per stored value) comes from L2, which bounds it at about half the FMA
-  peak; r x 1 blocks reuse one panel row for r rows and get close to the peak.
+  becomes a broadcast and 1-4 fused multiply-adds on panel rows. For CSR and r x 1
+  blocks the columns are cut into K-blocks of 128 whose panel slice stays in L1; CSR is
+  then bound by loads (a broadcast and one panel load per FMA), while r x 1 blocks reuse
+  one panel load for r rows and get closer to the FMA peak.
 * **Small layers.** A product gets a second thread from 32k multiply-adds (16k per
   thread); below that a fork/join costs more than it saves.
 
