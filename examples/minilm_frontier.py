@@ -248,10 +248,7 @@ def choose_start(dense: nn.Module, setting: Setting, shared: "Shared", budget: B
 
 
 def steps_that_fit(budget: Budget, probe: Optional[Dict[str, Any]], spent_s: float) -> int:
-    """``budget.steps``, or fewer when the chosen start's probe says they would overrun ``budget.minutes``.
-
-    Without a probe (a forced ``--start``) the steps are taken as given.
-    """
+    """``budget.steps``, or fewer when the chosen start's probe says they would overrun ``budget.minutes``."""
     if not probe:
         return budget.steps
     left = budget.minutes * 60 - spent_s - probe["setup_seconds"]
@@ -297,18 +294,19 @@ def sizes(dense: nn.Module, fast: nn.Module) -> Dict[str, int]:
 # --------------------------------------------------------------------------- one point
 def distilled(dense: nn.Module, setting: Setting, shared: Shared, budget: Budget, start: str,
               t_start: float) -> Tuple[nn.Module, Any, str, Dict[str, Any], int]:
-    """The distilled point: ``(student, history, start, probes, steps)``; ``start="auto"`` probes first.
+    """The distilled point: ``(student, history, start, probes, steps)``; the start is probed first
+    (``start="auto"``: dense, wanda and sparsegpt, keeping the best; a forced start alone).
 
     A one-shot winner of the probes goes on from its probe student (its zeros kept by a
     magnitude one-shot at the same sparsity, which picks exactly them), so its steps are
     the probe's plus the rest; a gradual winner runs its full schedule from the dense model.
     """
-    probes: Dict[str, Any] = {}
     base, done = dense, 0
-    if start == "auto":
-        start, probes, students = choose_start(dense, setting, shared, budget, ["dense", "wanda", "sparsegpt"])
-        if start != "dense":
-            base, done = students[start], budget.probe_steps
+    # A forced start is probed alone: its probe times a step, so the steps still fit --minutes.
+    candidates = ["dense", "wanda", "sparsegpt"] if start == "auto" else [start]
+    start, probes, students = choose_start(dense, setting, shared, budget, candidates)
+    if start != "dense":
+        base, done = students[start], budget.probe_steps
     steps = steps_that_fit(budget, probes.get(start), time.perf_counter() - t_start)
     t0 = time.perf_counter()
     begin = "magnitude" if done else start
@@ -487,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     bud.add_argument("--start", choices=["auto", "dense", "magnitude", "wanda", "sparsegpt"], default="auto",
                      help="distillation start: gradual from the dense model, a one-shot pruned model, or auto "
                           "(default: decided by --probe-steps of each of dense, wanda and sparsegpt)")
-    bud.add_argument("--probe-steps", type=int, default=20, help="steps of each probe of --start auto")
+    bud.add_argument("--probe-steps", type=int, default=20, help="steps of each probe (of each candidate with --start auto, of the chosen start otherwise)")
     bud.add_argument("--train-sentences", type=int, default=100_000, help="training sentences (all by default)")
     bud.add_argument("--calibration-sentences", type=int, default=128, help="wanda/sparsegpt calibration sentences")
     bud.add_argument("--eval-sentences", type=int, default=None, help="held-out sentences (all by default)")
