@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -36,17 +36,6 @@ def _needs_gradients(method: Any) -> bool:
 def _needs_calibration(method: Any) -> bool:
     """A criterion named by string that reads calibration inputs (a criterion object carries its own)."""
     return isinstance(method, str) and method.lower() in CALIBRATED_METHODS
-
-
-def _copies(items: Iterable[Any]) -> List[Any]:
-    """Shallow copies of batches whose dicts a model may write into (sentence-transformers does)."""
-    def one(item: Any) -> Any:
-        if isinstance(item, Mapping):
-            return dict(item)
-        if isinstance(item, (tuple, list)):
-            return type(item)(one(x) for x in item)
-        return item
-    return [one(item) for item in items]
 
 
 def pruning_schedule(sparsity: float, steps: int, *, prune_fraction: float = 2 / 3, frequency: Optional[int] = None,
@@ -182,7 +171,7 @@ def _prune_and_train(model: nn.Module, teacher: nn.Module, batches: Iterable[Any
     criterion = method if one_shot is None else one_shot
     calib = None
     if _needs_calibration(criterion):
-        calib = _copies(calibration if calibration is not None else itertools.islice(batches, CALIBRATION_BATCHES))
+        calib = list(calibration if calibration is not None else itertools.islice(batches, CALIBRATION_BATCHES))
     elif calibration is not None and not isinstance(criterion, CalibratedCriterion):
         raise ValueError(f"calibration= is read by method or one_shot 'wanda' / 'sparsegpt' only, not {criterion!r}")
     pruner = None
