@@ -138,6 +138,8 @@ void compute(const Problem& p) {
   require(w.indptr[0] == 0, "indptr[0] must be 0");
   require(p.n >= 0, "batch size must be non-negative");
   require(p.threads >= 1, "threads must be at least 1");
+  require(w.vtype == ValueType::F32, "only float32 values are supported by this build");
+  require(!p.dynamic, "dynamic quantization is not supported by this build");
   if (p.n == 0 || w.rows == 0) return;
   require(p.y != nullptr && (w.cols == 0 || p.x != nullptr), "missing input or output buffer");
   const int64_t nb = w.n_blocks();

@@ -283,7 +283,7 @@ SK_ROW_KERNEL void spmv_generic_rxc(const BsrView& w, const float* vals, const I
 // row kernel for R x C blocks (the one place that chooses it).
 template <class I, int R, int C>
 void spmv_block_rows(const BsrView& w, const I* idx, const float* x, float* y, int64_t b0, int64_t b1) {
-  const float* vals = w.values;
+  const float* vals = static_cast<const float*>(w.values);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t kb = w.indptr[b], ke = w.indptr[b + 1];
     float acc[R];
@@ -333,7 +333,7 @@ void panel_block_rows(const BsrView& w, const I* idx, const float* panel, int64_
         for (int c = 0; c < bc; ++c)
           for (int l = 0; l < NB * 4; l += 64) __builtin_prefetch(pr + c * ldp + l / 4);
       }
-      const float* vb = w.values + k * R * bc;
+      const float* vb = static_cast<const float*>(w.values) + k * R * bc;
       const float* xr = panel + static_cast<int64_t>(idx[k]) * bc * ldp;
       for (int c = 0; c < bc; ++c) {
         V xv[NV];
@@ -557,7 +557,7 @@ void run_panels_kblocked(const Problem& p, const I* idx, int parts, const int64_
                     [&](int64_t s, int64_t e, const float* panel, float* res) {
                       const int32_t* seg = w.kstarts + s * (nkb + 1);  // compute() made sure they exist
                       for (int j = 0; j < nkb; ++j)
-                        kblock_rows<I, R, NV>(w.values, idx, panel, panels.ld, w.indptr + s, seg, nkb, j, e - s, res);
+                        kblock_rows<I, R, NV>(static_cast<const float*>(w.values), idx, panel, panels.ld, w.indptr + s, seg, nkb, j, e - s, res);
                     });
 }
 

@@ -11,18 +11,25 @@ enum class Activation : int { None = 0, Relu = 1, Gelu = 2 };
 //  Matmul: x is (cols, n) row-major, y is (rows, n) row-major: y = W @ x.
 enum class Layout : int { Linear = 0, Matmul = 1 };
 
+// How stored values are held. F32: float. I8: int8 with one float scale per output row
+// (value = q * scales[row]). F16 / BF16: IEEE half / bfloat16 bit patterns, widened to
+// float exactly in registers.
+enum class ValueType : int { F32 = 0, I8 = 1, F16 = 2, BF16 = 3 };
+
 // A block-CSR matrix of logical shape rows x cols made of br x bc blocks.
 // Block row b covers rows [b*br, b*br+br); a block with column index j covers
 // columns [j*bc, j*bc+bc). Edge blocks may stick out of the logical shape; the
 // part outside it holds zeros and is never written to the output.
-// values: n_blocks * br * bc floats, each block row-major.
+// values: n_blocks * br * bc elements of vtype, each block row-major.
 struct BsrView {
   int64_t rows = 0, cols = 0;
   int br = 1, bc = 1;
   const int64_t* indptr = nullptr;  // n_block_rows + 1 entries
   const void* indices = nullptr;    // n_blocks entries, uint16 or int32
   int index_bytes = 4;              // 2 or 4
-  const float* values = nullptr;
+  const void* values = nullptr;
+  ValueType vtype = ValueType::F32;
+  const float* scales = nullptr;  // I8 only: one per logical row (rows entries)
   // Optional, for blocks one column wide (bc == 1) at batch > 1: per block row b,
   // n_kblocks() + 1 offsets from indptr[b] of its first stored block whose block
   // column is >= j * kKBlockCols (j = 0..n_kblocks(); the last is the row's length).
@@ -49,6 +56,9 @@ struct Problem {
   Activation act = Activation::None;
   float* y = nullptr;
   int threads = 1;
+  // I8 weights only, Layout::Linear: quantize each x row to int8 (symmetric, per row) and
+  // accumulate in int32 (dynamic quantization, like torch's quantize_dynamic).
+  bool dynamic = false;
 };
 
 }  // namespace sparsekit
