@@ -36,6 +36,7 @@
 
 #include "common.h"
 #include "sparsekit/dispatch.h"
+#include "vmath.h"
 
 namespace sparsekit {
 namespace SK_ISA {
@@ -62,48 +63,42 @@ inline void parallel_parts(int parts, F&& f) {
   for (int t = 0; t < parts; ++t) f(t);
 }
 
-inline float gelu1(float v) { return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752440f)); }
-
 // y[i] = act(y[i] + bias[i]) for i < len (bias may be null).
 inline void finish_vec(float* y, const float* bias, Activation act, int64_t len) {
   if (!bias && act == Activation::None) return;
-  if (act == Activation::Gelu) {
-    for (int64_t i = 0; i < len; ++i) y[i] = gelu1(y[i] + (bias ? bias[i] : 0.f));
-    return;
-  }
-  const bool relu = act == Activation::Relu;
+  const bool relu = act == Activation::Relu, gelu_act = act == Activation::Gelu;
   const V zero = Vec::zero();
   int64_t i = 0;
   for (; i + W <= len; i += W) {
     V v = Vec::load(y + i);
     if (bias) v = Vec::add(v, Vec::load(bias + i));
     if (relu) v = Vec::max(zero, v);  // max(0, NaN) is NaN, max(0, -0) is -0: like torch
+    if (gelu_act) v = gelu(v);
     Vec::store(y + i, v);
   }
   for (; i < len; ++i) {
     float v = y[i] + (bias ? bias[i] : 0.f);
     if (relu) v = v < 0.f ? 0.f : v;
+    if (gelu_act) v = gelu(v);
     y[i] = v;
   }
 }
 
 // y[i] = act(src[i] + b) for i < len.
 inline void finish_scalar_bias(float* y, const float* src, float b, Activation act, int64_t len) {
-  if (act == Activation::Gelu) {
-    for (int64_t i = 0; i < len; ++i) y[i] = gelu1(src[i] + b);
-    return;
-  }
-  const bool relu = act == Activation::Relu;
+  const bool relu = act == Activation::Relu, gelu_act = act == Activation::Gelu;
   const V zero = Vec::zero(), bv = Vec::set1(b);
   int64_t i = 0;
   for (; i + W <= len; i += W) {
     V v = Vec::add(Vec::load(src + i), bv);
     if (relu) v = Vec::max(zero, v);
+    if (gelu_act) v = gelu(v);
     Vec::store(y + i, v);
   }
   for (; i < len; ++i) {
     float v = src[i] + b;
     if (relu) v = v < 0.f ? 0.f : v;
+    if (gelu_act) v = gelu(v);
     y[i] = v;
   }
 }
