@@ -18,7 +18,10 @@ import pytest
 
 from sparsekit import SparseMatrix, bench
 
-CONTENDERS = [f"sparsekit-{f}" for f in bench.FORMATS] + list(bench.BASELINES)
+# The quantized formats and torch's dynamic int8 Linear run in their own groups
+# (``-k int8`` selects them); the float32 grid is unchanged.
+CONTENDERS = ([f"sparsekit-{f}" for f in bench.ALL_FORMATS] + list(bench.BASELINES)
+              + list(bench.QUANTIZED_BASELINES))
 
 
 def _group(case: bench.Case, cache: str) -> str:
@@ -63,17 +66,22 @@ def test_stream_read_reference(benchmark, case, cache, fmt, sk_threads, batch_in
     _run(benchmark, fn, cache, bench.cold_setup(), cold_rounds)
 
 
-@pytest.mark.parametrize("fmt", list(bench.FORMATS))
+@pytest.mark.parametrize("fmt", list(bench.ALL_FORMATS))
 def test_convert_and_bytes(benchmark, case, fmt, batch_independent):
     """Conversion time, and bytes of each format against dense float32 (extra_info)."""
-    w = bench.dense_weight(case.shape, case.sparsity, bench.FORMATS[fmt])
-    block = bench.FORMATS[fmt]
-    m = benchmark(SparseMatrix.from_dense, w, block=block)
+    block, values, _ = bench.format_spec(fmt)
+    w = bench.dense_weight(case.shape, case.sparsity, block)
+    extra = {} if values == "float32" else {"values": values}
+    m = benchmark(SparseMatrix.from_dense, w, block=block, **extra)
     dense = 4 * case.shape[0] * case.shape[1]
     benchmark.group = f"convert {case.shape[0]}x{case.shape[1]} sparsity={case.sparsity:g}"
     benchmark.extra_info.update({"nbytes": m.nbytes, "dense_bytes": dense, "ratio": m.nbytes / dense,
-                                 "index_dtype": m.index_dtype, "block": list(block)})
-    assert np.array_equal(m.to_dense(), w)
+                                 "index_dtype": m.index_dtype, "block": list(block), "values": values})
+    if values == "float32":
+        assert np.array_equal(m.to_dense(), w)
+    else:  # int8: half a step of the row's scale; 16-bit: the format's rounding
+        step = np.abs(w).max(axis=1, keepdims=True) / 127 if values == "int8" else np.abs(w) * 2.0 ** -7
+        assert np.all(np.abs(m.to_dense() - w) <= 0.5 * step + 1e-12)
 
 
 @pytest.mark.parametrize("block", [(1, 1), (4, 1)], ids=["csr", "4x1"])

@@ -43,6 +43,7 @@ import argparse
 import copy
 import glob
 import json
+import re
 import os
 import statistics
 import sys
@@ -62,7 +63,7 @@ from torch import nn  # noqa: E402
 import sparsekit  # noqa: E402
 from minilm import encode, load_model, model_dir  # noqa: E402
 from sparsekit.bench import resident_bytes  # noqa: E402
-from sparsekit.distill import Cosine, MSE, docstring_text, prune_and_distill, reference_text, text_batches  # noqa: E402
+from sparsekit.distill import Cosine, Hidden, MSE, docstring_text, prune_and_distill, reference_text, text_batches  # noqa: E402
 from sparsekit.timing import interleaved  # noqa: E402
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "distill")
@@ -117,6 +118,7 @@ class Budget:
     rounds: int
     threads: Tuple[int, ...]
     layers: Optional[int]  # None: the whole model; an int: the first encoder layers only (--quick)
+    hidden: float = 0.0  # weight of the per-encoder-layer hidden-state MSE terms (0: none)
 
 
 def slice_layers(model: nn.Module, layers: Optional[int]) -> nn.Module:
@@ -197,18 +199,25 @@ def one_shot(model: nn.Module, setting: Setting, method: str, calib: List[Any]) 
     return model.eval()
 
 
-def distill_loss() -> list:
-    """Cosine of the sentence embeddings (what is evaluated) plus MSE of the token states (over real tokens)."""
-    return [Cosine(key="sentence_embedding"), MSE(key="token_embeddings")]
+def distill_loss(model: nn.Module, hidden: float = 0.0) -> list:
+    """Cosine of the sentence embeddings (what is evaluated) plus MSE of the token states (over
+    real tokens), and with ``hidden`` > 0 an MSE of every encoder layer's output (layer-wise
+    distillation, TinyBERT-style) with that weight."""
+    terms = [Cosine(key="sentence_embedding"), MSE(key="token_embeddings")]
+    if hidden > 0:
+        names = [n for n, _ in model.named_modules() if re.fullmatch(r"0\.(auto_)?model\.encoder\.layer\.\d+", n)]
+        terms += [Hidden(n, weight=hidden) for n in names]
+    return terms
 
 
 def distill_from(base: nn.Module, setting: Setting, start: str, batches: List[Any], calib: List[Any], steps: int,
-                 lr: float, teacher: Optional[nn.Module] = None) -> Tuple[nn.Module, Any]:
+                 lr: float, teacher: Optional[nn.Module] = None, hidden: float = 0.0) -> Tuple[nn.Module, Any]:
     """A copy of ``base`` distilled from ``teacher`` (default ``base``): ``start`` "dense" prunes gradually,
     any other ``start`` is the one-shot criterion it is pruned with first (masks then fixed)."""
     student = copy.deepcopy(base).train()
     kwargs = dict(steps=steps, sparsity=setting.sparsity, granularity=setting.granularity, include=[nn.Linear],
-                  exclude=EXCLUDE, loss=distill_loss(), lr=lr, cache_teacher=True,
+                  # The teacher cache keeps outputs, not hidden states: off with hidden terms.
+                  exclude=EXCLUDE, loss=distill_loss(base, hidden), lr=lr, cache_teacher=hidden == 0,
                   teacher=base if teacher is None else teacher,
                   return_history=True, progress=False)
     if start == "dense":
@@ -235,7 +244,7 @@ def choose_start(dense: nn.Module, setting: Setting, shared: "Shared", budget: B
     for start in candidates:
         t0 = time.perf_counter()
         student, hist = distill_from(dense, setting, start, shared.batches, shared.calib, budget.probe_steps,
-                                     budget.lr)
+                                     budget.lr, hidden=budget.hidden)
         seconds = time.perf_counter() - t0
         students[start] = student
         probes[start] = {"val_cos_mean": quality(encode(student, val), ref)["cos_mean"], "seconds": seconds,
@@ -311,7 +320,7 @@ def distilled(dense: nn.Module, setting: Setting, shared: Shared, budget: Budget
     t0 = time.perf_counter()
     begin = "magnitude" if done else start
     student, hist = distill_from(base, setting, begin, shared.batches, shared.calib, max(1, steps - done),
-                                 budget.lr, teacher=dense)
+                                 budget.lr, teacher=dense, hidden=budget.hidden)
     print(f"  distilled {steps} steps (batch {budget.batch}, start {start}; {done} of them in the probe) in "
           f"{(time.perf_counter() - t0) / 60:.1f} min: loss {hist['loss'][0]:.4g} -> {hist['loss'][-1]:.4g}",
           flush=True)
@@ -459,7 +468,7 @@ def make_budget(args: argparse.Namespace) -> Budget:
     return Budget(steps=args.steps, batch=args.batch, minutes=args.minutes, lr=args.lr,
                   train_sentences=args.train_sentences, eval_sentences=args.eval_sentences,
                   calibration_sentences=args.calibration_sentences, probe_steps=args.probe_steps,
-                  rounds=args.rounds, threads=tuple(args.threads), layers=None)
+                  rounds=args.rounds, threads=tuple(args.threads), layers=None, hidden=args.hidden)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -482,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     bud.add_argument("--batch", type=int, default=32, help="sentences per training batch")
     bud.add_argument("--minutes", type=float, default=30.0, help="wall-time budget of one distilled point")
     bud.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of distillation")
+    bud.add_argument("--hidden", type=float, default=0.0,
+                     help="weight of an MSE on every encoder layer's output (layer-wise distillation; 0: off)")
     bud.add_argument("--start", choices=["auto", "dense", "magnitude", "wanda", "sparsegpt"], default="auto",
                      help="distillation start: gradual from the dense model, a one-shot pruned model, or auto "
                           "(default: decided by --probe-steps of each of dense, wanda and sparsegpt)")

@@ -18,6 +18,9 @@ class LayerDecision:
     ``speedup`` maps each measured batch size (rows for linear layers, images for
     convolutions) to dense time / chosen time; ``None`` when nothing was measured
     (explicit formats). ``times_ms`` holds the measurements, ``{format: {batch: ms}}``.
+    ``values`` is the stored value type ("float32", "int8", "int8 dynamic", "float16",
+    "bfloat16") and ``error`` the relative RMS change of the layer's output it causes
+    (None for float32).
 
     Example:
         >>> from sparsekit.conversion_report import LayerDecision
@@ -40,6 +43,8 @@ class LayerDecision:
     speedup: Optional[Dict[int, float]] = None
     times_ms: Dict[str, Dict[int, float]] = field(default_factory=dict)
     reason: str = ""
+    values: str = "float32"
+    error: Optional[float] = None
 
 
 class ConversionReport:
@@ -99,14 +104,19 @@ class ConversionReport:
                 "bytes": self.bytes, "fused_sequentials": list(self.fused_sequentials)}
 
     def __str__(self) -> str:
-        head = ("layer", "type", "shape", "format", "density", "KiB dense", "KiB now", "fused", "speedup", "note")
+        # The values and error columns appear only when some layer is quantized.
+        quantized = any(r.values != "float32" for r in self.rows)
+        head = ("layer", "type", "shape", "format", "density", "KiB dense", "KiB now", "fused", "speedup")
+        head += ("values", "error", "note") if quantized else ("note",)
         lines = []
         for r in self.rows:
             sp = "-" if not r.speedup else " ".join(f"b{b}:{v:.2f}x" for b, v in sorted(r.speedup.items()))
             fused = "+".join(x for x in (r.folded, r.activation) if x) or "-"
-            lines.append((r.name or "<root>", r.kind, f"{r.shape[0]}x{r.shape[1]}", r.format,
-                          f"{r.density:.3f}", f"{r.dense_bytes / 1024:.1f}", f"{r.bytes / 1024:.1f}", fused,
-                          sp, r.reason))
+            line = (r.name or "<root>", r.kind, f"{r.shape[0]}x{r.shape[1]}", r.format,
+                    f"{r.density:.3f}", f"{r.dense_bytes / 1024:.1f}", f"{r.bytes / 1024:.1f}", fused, sp)
+            if quantized:
+                line += (r.values, "-" if r.error is None else f"{r.error:.1e}")
+            lines.append(line + (r.reason,))
         widths = [max(len(h), *(len(str(line[i])) for line in lines)) if lines else len(h)
                   for i, h in enumerate(head)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)

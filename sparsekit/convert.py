@@ -32,6 +32,7 @@ from sparsekit.layer_choice import (  # noqa: F401  (AUTO_* and DEFAULT_* stay i
 )
 from sparsekit.model_copy import SharedTensors, copy_sharing_layers
 from sparsekit.nn import SparseModule, effective_weight, fuse_sequentials
+from sparsekit.value_choice import DEFAULT_TOLERANCE, check_quantize, check_tolerance
 
 __all__ = ["convert", "ConversionReport", "LayerDecision", "clear_timing_cache"]
 
@@ -194,14 +195,29 @@ def _activation_of(m: nn.Module) -> Optional[str]:
     return None
 
 
-def _record_shapes(model: nn.Module, example_inputs: Any) -> Dict[str, Tuple[int, ...]]:
+# Rows of a layer's example input kept for the quantization accuracy guard.
+_SAMPLE_ROWS = 512
+
+
+def _record_inputs(model: nn.Module, example_inputs: Any, keep: bool
+                   ) -> Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tensor]]:
+    """Each layer's first input shape, and (``keep``) the input itself: at most
+    ``_SAMPLE_ROWS`` rows of a linear layer's input, or the first images of a convolution's."""
     shapes: Dict[str, Tuple[int, ...]] = {}
+    samples: Dict[str, Tensor] = {}
     handles = []
     for name, mod in model.named_modules():
         if _is_layer(mod):
             def hook(m, args, name=name):
-                if args and isinstance(args[0], Tensor):
-                    shapes.setdefault(name, tuple(args[0].shape))
+                if args and isinstance(args[0], Tensor) and name not in shapes:
+                    x = args[0]
+                    shapes[name] = tuple(x.shape)
+                    if keep and x.dtype == torch.float32 and x.dim() >= 2:
+                        if isinstance(m, nn.Linear):
+                            x = x.reshape(-1, x.shape[-1])[:_SAMPLE_ROWS]
+                        else:
+                            x = x[:max(1, _SAMPLE_ROWS // max(1, math.prod(x.shape[2:])))]
+                        samples[name] = x.detach().clone()
             handles.append(mod.register_forward_pre_hook(hook))
     try:
         with torch.inference_mode():
@@ -214,7 +230,7 @@ def _record_shapes(model: nn.Module, example_inputs: Any) -> Dict[str, Tuple[int
     finally:
         for h in handles:
             h.remove()
-    return shapes
+    return shapes, samples
 
 
 # --------------------------------------------------------------------------- replacement
@@ -296,7 +312,8 @@ class _Converter:
             return None, 0
         absorbed = self.absorb(kind, layer, w, effective_weight(layer, "bias"), follow)
         choice = choose_format(LayerToConvert(name, kind, layer, absorbed.weight, absorbed.bias,
-                                              absorbed.activation, decision.density),
+                                              absorbed.activation, decision.density,
+                                              folded=absorbed.folded is not None),
                                self.lookup(name), self.settings)
         decision.reason, decision.times_ms = choice.reason, choice.times_ms
         if choice.module is None:
@@ -307,7 +324,9 @@ class _Converter:
         decision.activation = absorbed.activation
         decision.folded = absorbed.folded
         decision.speedup = choice.speedup
-        decision.bytes = choice.module.nbytes
+        decision.bytes = choice.bytes if choice.bytes is not None else choice.module.nbytes
+        decision.values = choice.values
+        decision.error = choice.error
         self.replaced[id(layer)] = choice.module
         return choice.module, absorbed.count
 
@@ -327,11 +346,11 @@ class _Converter:
         return _Absorbed(w, bias, folded, act, count)
 
 
-def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
+def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, quantize: Optional[str] = None, *,
             example_inputs: Any = None, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
             fuse: bool = True, fold_bn: bool = True, index_dtype: str = "auto",
             max_block_overhead: float = 1.25, time_budget_s: float = 0.03,
-            min_speedup: float = 1.1) -> nn.Module:
+            min_speedup: float = 1.1, quantize_tolerance: float = DEFAULT_TOLERANCE) -> nn.Module:
     """Replace the Linear / Conv2d / Conv1d layers of a (pruned) model with sparse inference layers.
 
     Every ``nn.Linear``, ``nn.Conv2d`` and ``nn.Conv1d`` (groups=1) is considered, anywhere
@@ -357,9 +376,21 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
             with ``model``, yet is built without duplicating the layers about to be replaced:
             beyond the model and the result, conversion holds one layer's dense and sparse
             weights at a time ("auto" builds and times its candidates one by one).
+        quantize: the stored values. None: float32. ``"weights"``: int8 (symmetric, a float32
+            scale per output row; the scales quantization-aware training left in
+            ``sparsekit_weight_scale`` when a layer has them), float activations.
+            ``"dynamic"``: int8 weights and, in linear layers, activations quantized per
+            row on the fly with int32 accumulation (like ``torch.ao.quantization.
+            quantize_dynamic``); "auto" also times torch's own dense dynamic-int8 Linear
+            and sparse int8 blocks four columns wide; convolutions get int8 weights.
+            ``"float16"`` / ``"bfloat16"``: 16-bit values. Every quantized layer is checked
+            first: on its input from ``example_inputs`` (or a seeded random probe), a
+            version whose output moves by more than ``quantize_tolerance`` (relative RMS)
+            is not used, and the layer stays float32 (the report says so).
         example_inputs: an input (a tensor, a tuple of positional args or a dict of
             keyword args) run once through the model to learn each layer's real input
-            shape; the rows it shows are timed besides ``batch_sizes``.
+            shape; the rows it shows are timed besides ``batch_sizes``. With ``quantize``
+            the layers' inputs are kept for the accuracy check (at most 512 rows each).
         batch_sizes: batch sizes timed by "auto" (rows for linear layers; images for
             convolutions, at the example's spatial size or 16x16 / length 64).
         fuse: inside ``nn.Sequential``, fuse a following ``nn.ReLU`` / ``nn.GELU()``
@@ -375,6 +406,8 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
         time_budget_s: about how long one timing (one format, one batch size) may take.
         min_speedup: how much faster than dense (measured) a sparse format must be for
             "auto" to pick it; the margin absorbs timing noise on busy machines.
+        quantize_tolerance: the largest relative RMS change of a layer's output that a
+            quantized version may cause (default 1e-2).
 
     Returns:
         The converted model in eval mode, with ``model.sparsekit_summary`` holding a
@@ -404,16 +437,20 @@ def convert(model: nn.Module, format: Any = "auto", inplace: bool = False, *,
         raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
     lookup = _parse_format(format)
     settings = _settings(index_dtype, batch_sizes, max_block_overhead, time_budget_s, min_speedup)
+    settings = dataclasses.replace(settings, quantize=check_quantize(quantize),
+                                   tolerance=check_tolerance(quantize_tolerance))
     sharing: Optional[SharedTensors] = None
     if inplace:
         work = model
     else:
         work, sharing = copy_sharing_layers(model, _is_layer)
     work.eval()
-    shapes = _record_shapes(work, example_inputs) if example_inputs is not None else {}
+    shapes, samples = (_record_inputs(work, example_inputs, keep=quantize is not None)
+                       if example_inputs is not None else ({}, {}))
     if not batch_sizes and not shapes:
         raise ValueError("batch_sizes is empty and no example_inputs were given: nothing to time")
-    converter = _Converter(work, lookup, dataclasses.replace(settings, shapes=shapes), fuse, fold_bn)
+    converter = _Converter(work, lookup, dataclasses.replace(settings, shapes=shapes, samples=samples),
+                           fuse, fold_bn)
     result = converter.run(work)
     decisions = converter.decisions
     del work, converter  # a replaced copied layer must not look alive to unshare()

@@ -1,9 +1,12 @@
-"""Which storage one layer gets (dense, CSR or a block format), by rule or by measurement.
+"""Which storage one layer gets (dense, CSR or a block format; float32 or quantized
+values), by rule or by measurement.
 
 ``format="auto"`` goes in four steps: the *candidates* the weights allow, their *timing*
 against dense on this CPU, the *pick* of the fastest that beats dense everywhere, and a
 fresh run that must *confirm* it. At most one sparse candidate exists at a time (besides
-the dense weight): each is built, timed and let go; only the winner is rebuilt.
+the dense weight): each is built, timed and let go; only the winner is rebuilt. With
+``quantize``, the quantized candidates of :mod:`sparsekit.value_choice` join them, each
+first checked for accuracy on the layer's input (one over the tolerance is not timed).
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ from sparsekit._runtime import get_num_threads, simd_level
 from sparsekit.format_timing import best_seconds, cached_best_seconds
 from sparsekit.formats import SparseMatrix, block_row_chunks
 from sparsekit.nn import SparseConv1d, SparseConv2d, SparseLinear
+from sparsekit.value_choice import (
+    DEFAULT_TOLERANCE,
+    Candidate,
+    float_candidate,
+    learned_scales,
+    quantized_candidates,
+    relative_error,
+    torch_dynamic_linear,
+)
 
 __all__ = ["FormatSpec", "AUTO_BLOCKS", "AUTO_MAX_DENSITY", "DEFAULT_BATCH_SIZES", "DEFAULT_CONV2D_HW",
            "DEFAULT_CONV1D_L", "ChoiceSettings", "LayerToConvert", "LayerChoice", "format_label",
@@ -45,7 +57,8 @@ Times = Dict[str, Dict[int, float]]  # {"dense" or format label: {batch: seconds
 class ChoiceSettings:
     """How "auto" measures: the settings of one :func:`sparsekit.convert` call.
 
-    ``shapes`` maps layer names to the input shapes an example input showed.
+    ``shapes`` maps layer names to the input shapes an example input showed, ``samples``
+    to the inputs themselves (kept when ``quantize`` is set, for the accuracy guard).
 
     Example:
         >>> from sparsekit.layer_choice import ChoiceSettings
@@ -59,6 +72,9 @@ class ChoiceSettings:
     max_block_overhead: float
     min_speedup: float
     shapes: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)
+    quantize: Optional[str] = None
+    tolerance: float = DEFAULT_TOLERANCE
+    samples: Mapping[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,7 +82,8 @@ class LayerToConvert:
     """One layer as the choice sees it: the original module (for its geometry) and the weight,
     bias and activation its replacement would carry (masks applied, BatchNorm folded).
 
-    ``density`` is the nonzero fraction of the layer's weight.
+    ``density`` is the nonzero fraction of the layer's weight; ``folded`` says whether a
+    BatchNorm was folded into it (learned int8 scales no longer apply then).
 
     Example:
         >>> import torch
@@ -83,6 +100,7 @@ class LayerToConvert:
     bias: Optional[Tensor]
     activation: Optional[str]
     density: float
+    folded: bool = False
 
 
 @dataclass
@@ -92,7 +110,9 @@ class LayerChoice:
 
     ``block``, ``index_dtype`` and ``stored_density`` describe the sparse weight; ``speedup``
     (dense time / chosen time per batch) and ``times_ms`` (``{format: {batch: ms}}``) what
-    "auto" measured.
+    "auto" measured. ``values`` is the stored value type ("float32", "int8",
+    "int8 dynamic", "float16", "bfloat16"), ``error`` the relative RMS change of the
+    layer's output it causes (None for float32), ``bytes`` the weight and bias bytes.
 
     Example:
         >>> from sparsekit.layer_choice import LayerChoice
@@ -108,6 +128,9 @@ class LayerChoice:
     stored_density: Optional[float] = None
     speedup: Optional[Dict[int, float]] = None
     times_ms: Dict[str, Dict[int, float]] = field(default_factory=dict)
+    values: str = "float32"
+    error: Optional[float] = None
+    bytes: Optional[int] = None
 
 
 def format_label(block: Tuple[int, int]) -> str:
@@ -140,66 +163,150 @@ def choose_format(layer: LayerToConvert, spec: FormatSpec, settings: ChoiceSetti
     if spec == "dense":
         return LayerChoice(None, "dense", "format='dense'")
     if spec != "auto":
-        block = (1, 1) if spec == "csr" else spec
-        return _sparse_choice(_build_sparse(layer, w_np, block, settings.index_dtype), "explicit format")
-    if layer.density > AUTO_MAX_DENSITY:
+        return _explicit_choice(layer, w_np, (1, 1) if spec == "csr" else spec, settings)
+    if layer.density > AUTO_MAX_DENSITY and settings.quantize != "dynamic":
         return LayerChoice(None, "dense", f"density {layer.density:.2f} > {AUTO_MAX_DENSITY}")
     return _choose_by_measurement(layer, w_np, settings)
 
 
+def _explicit_choice(layer: LayerToConvert, w_np: np.ndarray, block: Tuple[int, int],
+                     settings: ChoiceSettings) -> LayerChoice:
+    """``block`` untimed; with ``quantize``, its quantized values unless they move the output
+    by more than the tolerance."""
+    plain = float_candidate(block)
+    wanted = [c for c in quantized_candidates(settings.quantize, layer.kind, w_np, [block])
+              if c.block is not None][:1]
+    if wanted and settings.quantize == "dynamic":  # the format asked for, not a widened one
+        wanted = [Candidate(tuple(block), "int8", True)]
+    for cand in wanted:
+        built = _build(layer, w_np, cand, settings.index_dtype)
+        error = relative_error(_reference(layer, _sample(layer, settings)), _call(built.module, _sample(layer, settings)))
+        if error <= settings.tolerance:
+            return _sparse_choice(built, "explicit format", error=error)
+        return _sparse_choice(_build(layer, w_np, plain, settings.index_dtype),
+                              f"{cand.values_label} error {error:.2g} > {settings.tolerance:g}: kept float32")
+    return _sparse_choice(_build(layer, w_np, plain, settings.index_dtype), "explicit format")
+
+
 def _choose_by_measurement(layer: LayerToConvert, w_np: np.ndarray, settings: ChoiceSettings) -> LayerChoice:
-    """The "auto" steps: candidates -> timing -> pick -> confirm."""
-    blocks = {format_label(b): b for b in _candidate_blocks(w_np, layer.density, settings.max_block_overhead)}
+    """The "auto" steps: candidates (quantized ones checked for accuracy) -> timing -> pick -> confirm."""
+    float_blocks = (_candidate_blocks(w_np, layer.density, settings.max_block_overhead)
+                    if layer.density <= AUTO_MAX_DENSITY else [])
+    cands = {c.label: c for c in map(float_candidate, float_blocks)}
+    accepted, rejected = _accurate_quantized(layer, w_np, float_blocks or [(1, 1)], settings)
+    cands.update({label: cand for label, (cand, _) in accepted.items()})
     inputs = _probe_inputs(layer, settings)
     dense = _dense_twin(layer)
-    times = _time_candidates(layer, w_np, blocks, dense, inputs, settings)
+    times = _time_candidates(layer, w_np, cands, dense, inputs, settings)
     times_ms = _in_ms(times)
     margin = settings.min_speedup
-    label = _pick(times, list(blocks), list(inputs), margin)
+    label = _pick(times, list(cands), list(inputs), margin)
+    note = f" ({'; '.join(rejected)} > {settings.tolerance:g})" if rejected else ""
     if label is None:
-        return LayerChoice(None, "dense", f"no sparse format beat dense by {margin:g}x at every measured batch",
+        return LayerChoice(None, "dense", f"nothing beat dense by {margin:g}x at every measured batch{note}",
                            times_ms=times_ms)
-    built = _build_sparse(layer, w_np, blocks[label], settings.index_dtype)
+    built = _build(layer, w_np, cands[label], settings.index_dtype)
     again = _confirm_times(dense, built.module, label, inputs, settings.budget_s)
     # Keep the worse of the shared run's and the fresh run's speedup.
     speedup = {b: min(times["dense"][b] / times[label][b], again["dense"][b] / again[label][b]) for b in inputs}
     times_ms["confirm"] = {b: again[label][b] * 1e3 for b in inputs}
     if any(v < margin for v in speedup.values()):
-        return LayerChoice(None, "dense", f"{label} did not confirm a {margin:g}x win on a second run",
+        return LayerChoice(None, "dense", f"{label} did not confirm a {margin:g}x win on a second run{note}",
                            times_ms=times_ms)
-    return _sparse_choice(built, "fastest measured, confirmed", speedup, times_ms)
+    error = accepted[label][1] if label in accepted else None
+    return _sparse_choice(built, "fastest measured, confirmed" + note, speedup, times_ms, error)
+
+
+def _accurate_quantized(layer: LayerToConvert, w_np: np.ndarray, float_blocks: List[Tuple[int, int]],
+                        settings: ChoiceSettings) -> Tuple[Dict[str, Tuple[Candidate, float]], List[str]]:
+    """The quantized candidates within the tolerance ({label: (candidate, error)}), and a
+    note for each one that is not."""
+    accepted: Dict[str, Tuple[Candidate, float]] = {}
+    rejected: List[str] = []
+    cands = quantized_candidates(settings.quantize, layer.kind, w_np, float_blocks)
+    if not cands:
+        return accepted, rejected
+    x = _sample(layer, settings)
+    reference = _reference(layer, x)
+    for cand in cands:
+        built = _build(layer, w_np, cand, settings.index_dtype)
+        error = relative_error(reference, _call(built.module, x))
+        del built
+        if error <= settings.tolerance:
+            accepted[cand.label] = (cand, error)
+        else:
+            rejected.append(f"{cand.label} error {error:.2g}")
+    return accepted, rejected
 
 
 # ---------------------------------------------------------------------------- building
 @dataclass
 class _Sparse:
     module: nn.Module
-    block: Tuple[int, int]
-    index_dtype: str
+    block: Optional[Tuple[int, int]]  # None: torch's dense dynamic-int8 Linear
+    index_dtype: Optional[str]
     stored_density: float
+    candidate: Candidate
+    bytes: int
 
 
-def _build_sparse(layer: LayerToConvert, w_np: np.ndarray, block: Tuple[int, int], index_dtype: str) -> _Sparse:
-    """The sparse module for one format, and what its weight looks like.
+def _build(layer: LayerToConvert, w_np: np.ndarray, cand: Candidate, index_dtype: str) -> _Sparse:
+    """The module for one candidate, and what its weight looks like.
 
     The intermediate ``SparseMatrix`` is released on return: only the module's own copy of
     the arrays stays alive.
     """
-    m = SparseMatrix.from_dense(w_np, block=block, index_dtype=index_dtype)
     src, bias, act = layer.module, layer.bias, layer.activation
+    bias_bytes = 4 * int(bias.numel()) if bias is not None else 0
+    if cand.block is None:
+        rows, cols = w_np.shape
+        module = torch_dynamic_linear(layer.weight, bias, act)
+        # int8 weights and a float32 scale per row (torch's packing adds buffers of its own).
+        return _Sparse(module, None, None, layer.density, cand, rows * cols + 4 * rows + bias_bytes)
+    scales = learned_scales(src) if cand.values == "int8" and not layer.folded else None
+    if scales is not None and scales.numel() != w_np.shape[0]:
+        scales = None
+    quant = {} if cand.values == "float32" else {"values": cand.values, "scales": scales}
+    m = SparseMatrix.from_dense(w_np, block=cand.block, index_dtype=index_dtype, **quant)
     if layer.kind == "Linear":
-        module: nn.Module = SparseLinear(m, bias, act)
+        module: nn.Module = SparseLinear(m, bias, act, **({"dynamic": True} if cand.dynamic else {}))
     else:
         cls = SparseConv2d if layer.kind == "Conv2d" else SparseConv1d
         module = cls(m, src.in_channels, src.out_channels, src.kernel_size, src.stride, src.padding,
                      src.dilation, src.padding_mode, bias, act)
-    return _Sparse(module, m.block, m.index_dtype, m.density)
+    return _Sparse(module, m.block, m.index_dtype, m.density, cand, int(module.nbytes))
 
 
 def _sparse_choice(built: _Sparse, reason: str, speedup: Optional[Dict[int, float]] = None,
-                   times_ms: Optional[Times] = None) -> LayerChoice:
-    return LayerChoice(built.module, format_label(built.block), reason, built.block, built.index_dtype,
-                       built.stored_density, speedup, times_ms or {})
+                   times_ms: Optional[Times] = None, error: Optional[float] = None) -> LayerChoice:
+    fmt = "dense" if built.block is None else format_label(built.block)
+    return LayerChoice(built.module, fmt, reason, built.block, built.index_dtype, built.stored_density,
+                       speedup, times_ms or {}, built.candidate.values_label, error, built.bytes)
+
+
+def _sample(layer: LayerToConvert, settings: ChoiceSettings) -> Tensor:
+    """The input the accuracy guard uses: the layer's own from ``example_inputs`` when there
+    was one, else the largest seeded probe input."""
+    seen = settings.samples.get(layer.name)
+    if seen is not None:
+        return seen
+    probes = _probe_inputs(layer, settings)
+    return probes[max(probes)]
+
+
+def _call(module: nn.Module, x: Tensor) -> Tensor:
+    with torch.inference_mode():
+        return module(x)
+
+
+def _reference(layer: LayerToConvert, x: Tensor) -> Tensor:
+    """The float32 layer's output on ``x`` (masked weight, folded BatchNorm, activation)."""
+    y = _call(_dense_twin(layer), x)
+    if layer.activation == "relu":
+        return torch.relu(y)
+    if layer.activation == "gelu":
+        return torch.nn.functional.gelu(y)
+    return y
 
 
 def _dense_twin(layer: LayerToConvert) -> nn.Module:
@@ -278,7 +385,7 @@ def _geometry(layer: LayerToConvert) -> tuple:
     return (src.kernel_size, src.stride, src.padding, src.dilation, src.padding_mode)
 
 
-def _time_candidates(layer: LayerToConvert, w_np: np.ndarray, blocks: Dict[str, Tuple[int, int]],
+def _time_candidates(layer: LayerToConvert, w_np: np.ndarray, cands: Dict[str, Candidate],
                      dense: nn.Module, inputs: Dict[int, Tensor], settings: ChoiceSettings) -> Times:
     """Seconds per call of dense and of every candidate at every probe input, from the
     per-process cache where it has them (keyed by everything the time depends on)."""
@@ -290,10 +397,10 @@ def _time_candidates(layer: LayerToConvert, w_np: np.ndarray, blocks: Dict[str, 
         dense_fns[key] = (lambda x=x: dense(x))
         dense_keys[b] = key
     times: Times = {"dense": {}}
-    for label, blk in blocks.items():
+    for label, cand in cands.items():
         # Time each candidate against dense (interleaved; dense timings come from the cache
         # after the first candidate), then let it go before building the next one.
-        built = _build_sparse(layer, w_np, blk, settings.index_dtype)
+        built = _build(layer, w_np, cand, settings.index_dtype)
         fns = dict(dense_fns)
         keys: Dict[int, tuple] = {}
         for b, x in inputs.items():

@@ -44,8 +44,11 @@ from sparsekit.bench.cache import (
 )
 from sparsekit.bench.command import Plan, build_parser, main, measure_all, plan, write_outputs
 from sparsekit.bench.cases import (
+    ALL_FORMATS,
     BASELINES,
     FORMATS,
+    QUANTIZED_BASELINES,
+    QUANTIZED_FORMATS,
     FULL_BATCHES,
     FULL_SHAPES,
     FULL_SPARSITIES,
@@ -55,7 +58,9 @@ from sparsekit.bench.cases import (
     Case,
     TWIN_ROWS,
     Contender,
+    baselines_for,
     contenders,
+    format_spec,
     dense_weight,
     grid,
     kernel_bytes,
@@ -89,6 +94,11 @@ __all__ = [
     # the grid and its contenders
     "FORMATS",
     "BASELINES",
+    "ALL_FORMATS",
+    "QUANTIZED_FORMATS",
+    "QUANTIZED_BASELINES",
+    "baselines_for",
+    "format_spec",
     "FULL_SHAPES",
     "FULL_BATCHES",
     "FULL_SPARSITIES",

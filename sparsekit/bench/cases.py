@@ -26,10 +26,22 @@ from sparsekit.formats import SparseMatrix
 # code (interpreter, library, dispatch) without bringing the measured layer's weights back.
 TWIN_ROWS = 64
 
-# sparsekit's formats on the grid, by name: the block shape (rows, columns) of each.
+# sparsekit's float32 formats on the grid, by name: the block shape (rows, columns) of each.
 FORMATS: Dict[str, Tuple[int, int]] = {"csr": (1, 1), "4x1": (4, 1), "1x4": (1, 4), "8x1": (8, 1)}
+# Quantized formats (opt-in: ``--formats csr,csr-int8,...``): block, stored values, and
+# whether activations are quantized on the fly (dynamic int8).
+QUANTIZED_FORMATS: Dict[str, Tuple[Tuple[int, int], str, bool]] = {
+    "csr-int8": ((1, 1), "int8", False), "4x1-int8": ((4, 1), "int8", False),
+    "8x1-int8": ((8, 1), "int8", False), "csr-f16": ((1, 1), "float16", False),
+    "csr-bf16": ((1, 1), "bfloat16", False), "1x4-dyn": ((1, 4), "int8", True),
+    "4x4-dyn": ((4, 4), "int8", True),
+}
+ALL_FORMATS = tuple(FORMATS) + tuple(QUANTIZED_FORMATS)
 # What a user would run instead of sparsekit, timed beside it.
 BASELINES = ("torch-dense", "torch-csr", "scipy-csr")
+# Timed as well when a quantized format is on the grid: torch's dense dynamic int8 Linear
+# (``torch.ao.quantization.quantize_dynamic``, per-channel weights, fbgemm).
+QUANTIZED_BASELINES = ("torch-int8",)
 
 # The whole grid (``--full``, tens of minutes) and the small one (``--quick``, the default).
 
@@ -73,6 +85,33 @@ def grid(shapes: Iterable[Tuple[int, int]], batches: Iterable[int],
     return [Case(tuple(s), b, p) for s in shapes for b in batches for p in sparsities]
 
 
+def format_spec(fmt: str) -> Tuple[Tuple[int, int], str, bool]:
+    """``(block, values, dynamic)`` of a format name from :data:`FORMATS` or
+    :data:`QUANTIZED_FORMATS`; ``KeyError`` for an unknown name.
+
+    Example:
+        >>> from sparsekit.bench import format_spec
+        >>> format_spec("4x1"), format_spec("1x4-dyn")
+        (((4, 1), 'float32', False), ((1, 4), 'int8', True))
+    """
+    if fmt in FORMATS:
+        return FORMATS[fmt], "float32", False
+    return QUANTIZED_FORMATS[fmt]
+
+
+def baselines_for(formats: Sequence[str]) -> Tuple[str, ...]:
+    """The baselines a grid with these formats times: :data:`BASELINES`, plus
+    :data:`QUANTIZED_BASELINES` when a quantized format is among them.
+
+    Example:
+        >>> from sparsekit.bench import baselines_for
+        >>> baselines_for(["csr", "csr-int8"])[-1]
+        'torch-int8'
+    """
+    quantized = any(f in QUANTIZED_FORMATS for f in formats)
+    return BASELINES + (QUANTIZED_BASELINES if quantized else ())
+
+
 # ----------------------------------------------------------------------- weights
 @functools.lru_cache(maxsize=6)
 def dense_weight(shape: Tuple[int, int], sparsity: float, block: Tuple[int, int] = (1, 1),
@@ -101,15 +140,16 @@ def dense_weight(shape: Tuple[int, int], sparsity: float, block: Tuple[int, int]
 
 @functools.lru_cache(maxsize=8)
 def sparse_weight(shape: Tuple[int, int], sparsity: float, fmt: str = "csr") -> SparseMatrix:
-    """The :func:`dense_weight` with ``FORMATS[fmt]`` blocks, compressed.
+    """The :func:`dense_weight` with the format's blocks, compressed with its values.
 
     Example:
         >>> from sparsekit.bench import sparse_weight
         >>> sparse_weight((8, 8), 0.5, "4x1").block
         (4, 1)
     """
-    block = FORMATS[fmt]
-    return SparseMatrix.from_dense(dense_weight(shape, sparsity, block), block=block)
+    block, values, _ = format_spec(fmt)
+    extra = {} if values == "float32" else {"values": values}
+    return SparseMatrix.from_dense(dense_weight(shape, sparsity, block), block=block, **extra)
 
 
 def kernel_bytes(m: SparseMatrix, batch: int) -> int:
@@ -143,11 +183,11 @@ class Contender:
     warm_code: Optional[Callable[[], object]] = None
 
 
-def _assert_close(got, ref: np.ndarray, name: str) -> None:
+def _assert_close(got, ref: np.ndarray, name: str, tol: float = 1e-4) -> None:
     got = got.numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
     scale = float(np.abs(ref).max()) or 1.0
     err = float(np.abs(got.astype(np.float64) - ref).max())
-    assert err <= 1e-4 * scale, f"{name}: max error {err:.3g} (scale {scale:.3g})"
+    assert err <= tol * scale, f"{name}: max error {err:.3g} (scale {scale:.3g})"
 
 
 def contenders(case: Case, formats: Sequence[str] = tuple(FORMATS), baselines: Sequence[str] = BASELINES,
@@ -155,9 +195,13 @@ def contenders(case: Case, formats: Sequence[str] = tuple(FORMATS), baselines: S
     """Callables computing ``x @ w.T`` for this grid point, each with a correctness check.
 
     Names: ``sparsekit-<fmt>``, ``torch-dense`` (F.linear on the dense masked weight),
-    ``torch-csr`` (torch.sparse.mm on ``weight.to_sparse_csr()``), ``scipy-csr``.
+    ``torch-csr`` (torch.sparse.mm on ``weight.to_sparse_csr()``), ``scipy-csr``,
+    ``torch-int8`` (torch's dynamic int8 Linear on the dense masked weight).
     The baselines use the unstructured weight; each sparsekit format uses its own
     weight of the same sparsity (a block that holds any nonzero is kept whole).
+    Quantized contenders are checked against the float64 product of their own
+    dequantized weight (int8 weights: to 1e-4 of the largest output, like float32;
+    dynamic int8, whose activations are rounded too: to 2e-2).
 
     Example:
         >>> from sparsekit.bench import Case, contenders
@@ -176,8 +220,9 @@ def contenders(case: Case, formats: Sequence[str] = tuple(FORMATS), baselines: S
 
     out = {f"sparsekit-{fmt}": _sparsekit(case, fmt, x, reference, threads) for fmt in formats}
     w = dense_weight(case.shape, case.sparsity)
-    builders = {"torch-dense": _torch_dense, "torch-csr": _torch_csr, "scipy-csr": _scipy_csr}
-    for name in BASELINES:
+    builders = {"torch-dense": _torch_dense, "torch-csr": _torch_csr, "scipy-csr": _scipy_csr,
+                "torch-int8": _torch_int8}
+    for name in BASELINES + QUANTIZED_BASELINES:
         if name in baselines:
             out[name] = builders[name](case, w, x_np, reference)
     if case.shape[0] > TWIN_ROWS:
@@ -194,16 +239,20 @@ _Reference = Callable[[np.ndarray], np.ndarray]  # x @ w.T in float64, for a wei
 
 def _sparsekit(case: Case, fmt: str, x: torch.Tensor, reference: _Reference, threads: int) -> Contender:
     m = sparse_weight(case.shape, case.sparsity, fmt)
-    w = dense_weight(case.shape, case.sparsity, FORMATS[fmt])
+    block, values, dynamic = format_spec(fmt)
+    # The product's own weight: the dequantized one for quantized values.
+    w = dense_weight(case.shape, case.sparsity, block) if values == "float32" else m.to_dense()
     y = torch.empty(case.batch, case.shape[0])
     name = f"sparsekit-{fmt}"
+    extra = {"dynamic": True} if dynamic else {}
 
     def run():
-        return sparsekit.linear(x, m, out=y, threads=threads)
+        return sparsekit.linear(x, m, out=y, threads=threads, **extra)
 
-    return Contender(name, run, lambda: _assert_close(run(), reference(w), name), {
-        "format": fmt, "block": list(FORMATS[fmt]), "nnz": m.nnz, "nbytes": m.nbytes,
-        "bytes_moved": kernel_bytes(m, case.batch), "flops": 2 * m.nnz * case.batch,
+    tol = 2e-2 if dynamic else 1e-4
+    return Contender(name, run, lambda: _assert_close(run(), reference(w), name, tol), {
+        "format": fmt, "block": list(block), "values": values, "dynamic": dynamic, "nnz": m.nnz,
+        "nbytes": m.nbytes, "bytes_moved": kernel_bytes(m, case.batch), "flops": 2 * m.nnz * case.batch,
         "index_dtype": m.index_dtype}, (x, y))
 
 
@@ -216,6 +265,23 @@ def _torch_dense(case: Case, w: np.ndarray, x_np: np.ndarray, reference: _Refere
 
     return Contender("torch-dense", run, lambda: _assert_close(run(), reference(w), "torch-dense"),
                      {"format": "dense", "nbytes": w.nbytes, "bytes_moved": w.nbytes + 4 * case.batch * (rows + cols),
+                      "flops": 2 * rows * cols * case.batch}, (x,))
+
+
+def _torch_int8(case: Case, w: np.ndarray, x_np: np.ndarray, reference: _Reference) -> Contender:
+    from sparsekit.value_choice import torch_dynamic_linear  # the same contender convert() times
+
+    rows, cols = case.shape
+    x = torch.from_numpy(x_np)
+    layer = torch_dynamic_linear(torch.from_numpy(w.copy()), None, None)
+
+    def run():
+        with torch.inference_mode():
+            return layer(x)
+
+    return Contender("torch-int8", run, lambda: _assert_close(run(), reference(w), "torch-int8", 2e-2),
+                     {"format": "torch-int8", "nbytes": rows * cols + 4 * rows,
+                      "bytes_moved": rows * cols + 4 * rows + 4 * case.batch * (rows + cols),
                       "flops": 2 * rows * cols * case.batch}, (x,))
 
 

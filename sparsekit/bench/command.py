@@ -74,7 +74,8 @@ def build_parser(prog: str = "sparsekit bench") -> argparse.ArgumentParser:
     p.add_argument("--shapes", help="override: comma-separated RxC weight shapes")
     p.add_argument("--batches", help="override: comma-separated batch sizes")
     p.add_argument("--sparsities", help="override: comma-separated sparsities")
-    p.add_argument("--formats", default=",".join(cases.FORMATS), help="sparsekit formats (csr,4x1,1x4,8x1)")
+    p.add_argument("--formats", default=",".join(cases.FORMATS), help="sparsekit formats (csr,4x1,1x4,8x1; quantized, opt-in: "
+                   + ",".join(cases.QUANTIZED_FORMATS) + ")")
     p.add_argument("--simd", help="SIMD level for the grid (default: the best available)")
     p.add_argument("--threads", type=int, help="threads for sparsekit and torch (default: torch's)")
     p.add_argument("--budget", type=float, help="seconds of timed calls per contender and grid point")
@@ -131,8 +132,8 @@ def plan(args: argparse.Namespace) -> Plan:
         list(cases.FULL_SPARSITIES if full else cases.QUICK_SPARSITIES)
     formats = [f for f in args.formats.split(",") if f]
     for f in formats:
-        if f not in cases.FORMATS:
-            raise SystemExit(f"unknown format {f!r}; choose from {', '.join(cases.FORMATS)}")
+        if f not in cases.ALL_FORMATS:
+            raise SystemExit(f"unknown format {f!r}; choose from {', '.join(cases.ALL_FORMATS)}")
     available = sparsekit.cpu_info()["simd_available"]
     simd = args.simd or sparsekit.cpu_info()["simd"]
     if simd not in available:
@@ -165,7 +166,7 @@ def measure_all(pl: Plan, args: argparse.Namespace, log: Callable[[str], None]) 
         log(f"sparsekit bench: {machine['cpu']}, simd {pl.simd} (available {', '.join(machine['simd_available'])}), "
             f"{pl.threads} threads, torch {machine['torch']}")
         points = cases.grid(pl.shapes, pl.batches, pl.sparsities)
-        log(f"grid: {len(points)} points x {len(pl.formats) + len(cases.BASELINES)} contenders")
+        log(f"grid: {len(points)} points x {len(pl.formats) + len(cases.baselines_for(pl.formats))} contenders")
         if pl.cold:
             ev = evictor()
             log(f"cold: evicting {ev.nbytes >> 20} MiB ({ev.info()['evict_factor']}x the {ev.llc_bytes >> 20} MiB "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from sparsekit.bench.cache import CACHE_STATES, cache_of
-from sparsekit.bench.cases import FORMATS
+from sparsekit.bench.cases import ALL_FORMATS
 
 NOTES = """## Reading these numbers
 
@@ -177,7 +177,7 @@ def _break_even_section(be: List[dict]) -> List[str]:
     out = ["## Break-even sparsity against torch dense\n",
            "Lowest sparsity at which sparsekit is faster than torch's dense linear in the same cache "
            "state (interpolated between measured sparsities; `<= s`: already faster at the lowest measured).\n"]
-    fmts = sorted({b["format"] for b in be}, key=list(FORMATS).index)
+    fmts = sorted({b["format"] for b in be}, key=list(ALL_FORMATS).index)
     out.append("| shape | batch | cache | " + " | ".join(fmts) + " |\n|---|---|---|" + "---|" * len(fmts))
     fields = ("shape", "batch", "cache")
     for point in sorted(_points(be, *fields), key=lambda k: (k[0], k[1], CACHE_STATES.index(k[2]))):

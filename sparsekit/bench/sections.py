@@ -21,7 +21,7 @@ import torch
 
 import sparsekit
 from sparsekit.bench.cache import CACHE_STATES, cache_of, cold_setup_for
-from sparsekit.bench.cases import Case, contenders, sparse_weight
+from sparsekit.bench.cases import Case, baselines_for, contenders, sparse_weight
 from sparsekit.bench.measure import COLD_ROUNDS, measure, stream_fn
 # The layer whose resident memory the report follows from dense to converted to running.
 PEAK_RSS_SHAPE = (4096, 4096)
@@ -74,7 +74,7 @@ def run_grid(cases: Sequence[Case], formats: Sequence[str], threads: int, budget
     rows = []
     with sparsekit.use_simd(simd):
         for case in cases:
-            cs = contenders(case, formats, threads=threads)
+            cs = contenders(case, formats, baselines_for(formats), threads=threads)
             for c in cs.values():
                 c.check()
             fns = {n: c.run for n, c in cs.items()}
